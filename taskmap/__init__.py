@@ -1,0 +1,62 @@
+"""taskmap: run a dependency graph of functions and coroutines as fast as one machine allows."""
+
+from __future__ import annotations
+
+from .errors import CycleError as CycleError
+from .errors import GraphError as GraphError
+from .errors import MissingDependencyError as MissingDependencyError
+from .errors import MissingFunctionError as MissingFunctionError
+from .errors import NotCallableError as NotCallableError
+from .errors import RunStoppedError as RunStoppedError
+from .errors import TaskError as TaskError
+from .errors import TaskmapError as TaskmapError
+from .errors import UnknownTaskError as UnknownTaskError
+from .errors import UpstreamFailedError as UpstreamFailedError
+from .frontier import TaskState as TaskState
+from .graph import Graph as Graph
+from .graph import create_graph as create_graph
+from .graph import get_all_children as get_all_children
+from .graph import get_ready_tasks as get_ready_tasks
+from .graph import mark_as_done as mark_as_done
+from .graph import mark_as_done_except as mark_as_done_except
+from .graph import reset_failed_tasks as reset_failed_tasks
+from .graph import reset_tasks as reset_tasks
+from .logs import in_progress as in_progress
+from .runners import run as run
+from .runners import run_async as run_async
+
+__version__ = "1.0.0.dev0"
+
+__all__ = [
+    "CycleError",
+    "Graph",
+    "GraphError",
+    "MissingDependencyError",
+    "MissingFunctionError",
+    "NotCallableError",
+    "RunStoppedError",
+    "TaskError",
+    "TaskState",
+    "TaskmapError",
+    "UnknownTaskError",
+    "UpstreamFailedError",
+    "create_graph",
+    "get_all_children",
+    "get_ready_tasks",
+    "in_progress",
+    "mark_as_done",
+    "mark_as_done_except",
+    "reset_failed_tasks",
+    "reset_tasks",
+    "run",
+    "run_async",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__"):
+        try:
+            _obj.__module__ = "taskmap"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

@@ -1,0 +1,220 @@
+"""Every exception taskmap raises or records.
+
+The hierarchy::
+
+    TaskmapError(Exception)
+    ├── GraphError(ValueError)        the graph given to create_graph (or a query) is wrong
+    │   ├── CycleError                 the dependencies form a cycle
+    │   ├── MissingDependencyError     a task depends on a name that is not a task
+    │   ├── MissingFunctionError       a task in ``dependencies`` has no function
+    │   ├── NotCallableError           a value in ``funcs`` is not callable
+    │   └── UnknownTaskError           io_bound / done / targets / ... name a non-task
+    └── TaskError                      recorded as a task's result: why it has no value
+        ├── UpstreamFailedError        not run: a dependency failed or was not run
+        └── RunStoppedError            not run or cancelled: the run stopped (fail_fast)
+
+Graph errors are raised.  Task errors are never raised by a runner: they are *stored*
+in ``graph.results`` in place of a value, so ``reset_failed_tasks`` (which resets every
+task whose result is an ``Exception``) reruns them.  A task's own exception is stored
+as it was raised, its traceback kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+
+__all__ = [
+    "CycleError",
+    "GraphError",
+    "MissingDependencyError",
+    "MissingFunctionError",
+    "NotCallableError",
+    "RunStoppedError",
+    "TaskError",
+    "TaskmapError",
+    "UnknownTaskError",
+    "UpstreamFailedError",
+]
+
+_SHOWN = 10
+
+
+def format_names(names: Iterable[Hashable]) -> str:
+    """Render task names for a message: sorted, the first ten, then 'and N more'."""
+    shown = sorted((repr(n) for n in names), key=lambda r: (len(r), r))
+    head = ", ".join(shown[:_SHOWN])
+    if len(shown) > _SHOWN:
+        head += f" and {len(shown) - _SHOWN} more"
+    return head
+
+
+class TaskmapError(Exception):
+    """Base class of every exception taskmap defines."""
+
+
+class GraphError(TaskmapError, ValueError):
+    """The graph is malformed; raised by `create_graph` and the graph queries.
+
+    A `ValueError`, so code written against taskmap 0.0.6 (which raised plain
+    `ValueError`) keeps working.
+    """
+
+
+class CycleError(GraphError):
+    """The dependencies form a cycle.
+
+    Attributes:
+        cycle: the tasks along the cycle, first task repeated at the end
+            (``['a', 'b', 'a']`` means 'a' depends on 'b', which depends on 'a').
+    """
+
+    def __init__(self, cycle: Sequence[Hashable]) -> None:
+        self.cycle = list(cycle)
+        path = " -> ".join(repr(n) for n in self.cycle)
+        super().__init__(f"dependency cycle: {path} (each task depends on the next)")
+
+
+class MissingDependencyError(GraphError):
+    """A task depends on a name that is not a key of ``dependencies``.
+
+    Attributes:
+        missing: ``{task: [names it depends on that are not tasks]}``.
+    """
+
+    def __init__(self, missing: dict[Hashable, list[Hashable]], tasks: Iterable[Hashable]) -> None:
+        self.missing = missing
+        parts = []
+        for task in sorted(missing, key=repr)[:_SHOWN]:
+            for dep in missing[task]:
+                hint = _did_you_mean(dep, tasks)
+                parts.append(f"task {task!r} depends on {dep!r}, which is not a task{hint}")
+        more = len(missing) - _SHOWN
+        message = "; ".join(parts) + (f"; and {more} more tasks" if more > 0 else "")
+        super().__init__(message)
+
+
+class MissingFunctionError(GraphError):
+    """A key of ``dependencies`` has no function in ``funcs``.
+
+    Attributes:
+        tasks: the task names without a function.
+    """
+
+    def __init__(self, tasks: Iterable[Hashable]) -> None:
+        self.tasks = sorted(tasks, key=repr)
+        noun = "task has" if len(self.tasks) == 1 else "tasks have"
+        super().__init__(f"{noun} no function in funcs: {format_names(self.tasks)}")
+
+
+class NotCallableError(GraphError):
+    """A value of ``funcs`` is not callable.
+
+    Attributes:
+        found: ``{task: the non-callable value}``.
+    """
+
+    def __init__(self, found: dict[Hashable, object]) -> None:
+        self.found = found
+        parts = [
+            f"{task!r} (got {value!r}, {_a(type(value).__name__)})"
+            for task, value in sorted(found.items(), key=lambda kv: repr(kv[0]))[:_SHOWN]
+        ]
+        more = len(found) - _SHOWN
+        message = "funcs must map each task to a callable; not callable: " + ", ".join(parts)
+        super().__init__(message + (f" and {more} more" if more > 0 else ""))
+
+
+class UnknownTaskError(GraphError, KeyError):
+    """A name given where a task is expected (io_bound, done, targets...) is not a task.
+
+    Also a `KeyError`, as a lookup of an unknown key would be.
+
+    Attributes:
+        where: the argument that held the names (``'io_bound'``, ``'done'``...).
+        names: the names that are not tasks.
+    """
+
+    def __init__(
+        self, where: str, names: Iterable[Hashable], tasks: Iterable[Hashable] = ()
+    ) -> None:
+        self.where = where
+        self.names = sorted(names, key=repr)
+        hint = _did_you_mean(self.names[0], tasks) if len(self.names) == 1 else ""
+        noun = "a name that is not a task" if len(self.names) == 1 else "names that are not tasks"
+        super().__init__(f"{where} holds {noun}: {format_names(self.names)}{hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class TaskError(TaskmapError):
+    """Stored as a task's result when the task produced no value of its own.
+
+    Attributes:
+        task: the task this error is the result of.
+    """
+
+    def __init__(self, task: Hashable, message: str) -> None:
+        self.task = task
+        super().__init__(message)
+
+
+class UpstreamFailedError(TaskError):
+    """The task was not run because a dependency failed (or was itself not run).
+
+    Attributes:
+        task: the task that was not run.
+        failed: the task whose failure caused it: the root cause, not the parent.
+    """
+
+    def __init__(self, task: Hashable, failed: Hashable) -> None:
+        self.failed = failed
+        super().__init__(task, f"task {task!r} not run: its ancestor {failed!r} failed")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.failed))
+
+
+class RunStoppedError(TaskError):
+    """The task was not started, or was cancelled, because the run stopped early.
+
+    With ``on_error='fail_fast'`` the first failure stops the run; every task that
+    had not finished gets this error.  Unlike `UpstreamFailedError`, the task did
+    not depend on the failure.
+
+    Attributes:
+        task: the task that was stopped.
+        failed: the task whose failure stopped the run.
+        cancelled: True when the task had started and was cancelled.
+    """
+
+    def __init__(self, task: Hashable, failed: Hashable, cancelled: bool = False) -> None:
+        self.failed = failed
+        self.cancelled = cancelled
+        what = "cancelled" if cancelled else "not run"
+        super().__init__(
+            task, f"task {task!r} {what}: the run stopped when {failed!r} failed (fail_fast)"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.failed, self.cancelled))
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def _did_you_mean(name: Hashable, tasks: Iterable[Hashable]) -> str:
+    if not isinstance(name, str):
+        return ""
+    import difflib
+
+    strings = [t for t in tasks if isinstance(t, str)]
+    if len(strings) > 20_000:  # difflib is quadratic-ish; a hint is not worth seconds
+        return ""
+    close = difflib.get_close_matches(name, strings, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+for _name in __all__:
+    globals()[_name].__module__ = "taskmap"

@@ -1,0 +1,99 @@
+"""Event records of a run, and the fan-out to observers.
+
+The driver emits these; observers (logging, and later progress, the run record and
+the checkpoint store) learn about a run only from them.  When a run has no
+observer the driver creates no event at all, so the hot path pays nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Event",
+    "Observer",
+    "RunFinished",
+    "RunStarted",
+    "TaskFailed",
+    "TaskFinished",
+    "TaskQueued",
+    "TaskSkipped",
+    "TaskStarted",
+    "fan_out",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A run began; ``tasks`` is the number of tasks it will finish or skip."""
+
+    graph: str
+    tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQueued:
+    """The task's dependencies are all done: it is ready to start."""
+
+    task: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """The task was handed to a backend; ``lane`` says where (``'main'``, ``'loop'``...)."""
+
+    task: Hashable
+    lane: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """The task returned a value."""
+
+    task: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """The task raised ``error``."""
+
+    task: Hashable
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSkipped:
+    """The task was not run, or was cancelled; ``error`` says why."""
+
+    task: Hashable
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run ended (normally, or interrupted when ``interrupted`` is true)."""
+
+    graph: str
+    interrupted: bool = False
+
+
+Event = (
+    RunStarted | TaskQueued | TaskStarted | TaskFinished | TaskFailed | TaskSkipped | RunFinished
+)
+Observer = Callable[[Event], None]
+
+
+def fan_out(observers: Sequence[Observer]) -> Observer | None:
+    """One callable that passes each event to every observer in turn; None for no observers."""
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+    chain = tuple(observers)
+
+    def emit(event: Event) -> None:
+        for observer in chain:
+            observer(event)
+
+    return emit

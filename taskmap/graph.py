@@ -1,0 +1,398 @@
+"""The graph: `Graph`, `create_graph` and its validation, queries and resets.
+
+`create_graph` validates once, in O(V+E), and compiles the dependencies into a
+`Plan` (integer ids, parent and child tuples) that every run and query reuses.
+The dependencies are frozen after that (a read-only mapping of tuples); the
+functions stay a plain dict, so fixing a bug with ``graph.funcs['x'] = fixed``
+and rerunning is the intended workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .errors import (
+    CycleError,
+    MissingDependencyError,
+    MissingFunctionError,
+    NotCallableError,
+    UnknownTaskError,
+)
+
+__all__ = [
+    "Graph",
+    "Plan",
+    "create_graph",
+    "get_all_children",
+    "get_ready_tasks",
+    "mark_as_done",
+    "mark_as_done_except",
+    "reset_failed_tasks",
+    "reset_tasks",
+]
+
+Task = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The dependencies compiled to integer ids; built once by `create_graph`.
+
+    ``names[tid]`` is a task's name, ``index[name]`` its id; ``parents[tid]`` are
+    the ids of its dependencies in argument order (repeats kept), ``children[tid]``
+    the ids of the tasks that depend on it (once per dependency edge).
+    """
+
+    names: tuple[Task, ...]
+    index: dict[Task, int]
+    parents: tuple[tuple[int, ...], ...]
+    children: tuple[tuple[int, ...], ...]
+
+    def ids(self, where: str, names: Iterable[Task]) -> list[int]:
+        """Map task names to ids; raise `UnknownTaskError` naming every unknown one."""
+        index = self.index
+        try:
+            return [index[n] for n in names]
+        except (KeyError, TypeError):
+            pass
+        unknown = [n for n in names if not _is_task(index, n)]
+        raise UnknownTaskError(where, unknown, index) from None
+
+    def descendants(self, roots: Iterable[int]) -> list[int]:
+        """Ids of the roots and everything downstream of them, each once. O(V+E)."""
+        children = self.children
+        seen = set(roots)
+        stack = list(seen)
+        while stack:
+            for child in children[stack.pop()]:
+                if child not in seen:
+                    seen.add(child)
+                    stack.append(child)
+        return sorted(seen)
+
+    def ancestors(self, roots: Iterable[int]) -> set[int]:
+        """Ids of the roots and everything upstream of them. O(V+E)."""
+        parents = self.parents
+        seen = set(roots)
+        stack = list(seen)
+        while stack:
+            for parent in parents[stack.pop()]:
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return seen
+
+
+@dataclass(slots=True, eq=False)
+class Graph:
+    """A validated dependency graph and the outcome of its runs so far.
+
+    Runners fill `results` and `done` in place and return the same object.
+
+    Attributes:
+        funcs: task name -> function or coroutine function. Replace an entry to fix
+            a task, then `reset_tasks` it and run again.
+        dependencies: task name -> the names it depends on, in argument order
+            (read-only).
+        io_bound: names of the io-bound tasks.
+        done: names of the finished tasks (succeeded, failed or not run because
+            an ancestor failed), in completion order.
+        results: task name -> its value, or the exception that is its outcome.
+        name: the graph's name; it prefixes the loggers (``<name>-manager``,
+            ``<name>-worker``).
+        logging_config: as given to `create_graph`.
+    """
+
+    funcs: dict[Task, Callable[..., Any]]
+    dependencies: Mapping[Task, tuple[Task, ...]]
+    io_bound: frozenset[Task]
+    done: list[Task]
+    results: dict[Task, Any]
+    name: str = "taskmap"
+    logging_config: dict[str, Any] = field(default_factory=dict)
+    plan: Plan = field(default=None, repr=False)  # type: ignore[assignment]
+
+    @property
+    def failed(self) -> list[Task]:
+        """Names of the done tasks whose outcome is an exception, in completion order.
+
+        This is the legacy rule `reset_failed_tasks` follows: a task failed when
+        its result is an `Exception`, including tasks not run because an ancestor
+        failed.
+        """
+        results = self.results
+        return [t for t in self.done if isinstance(results.get(t), Exception)]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Graph {self.name!r}: {len(self.dependencies)} tasks, {len(self.done)} done,"
+            f" {len(self.failed)} failed>"
+        )
+
+
+def create_graph(
+    funcs: Mapping[Task, Callable[..., Any]],
+    dependencies: Mapping[Task, Iterable[Task]],
+    io_bound: Iterable[Task] | None = None,
+    done: Iterable[Task] | None = None,
+    results: Mapping[Task, Any] | None = None,
+    name: str = "taskmap",
+    logging_config: Mapping[str, Any] | None = None,
+) -> Graph:
+    """Validate a dependency graph and return it ready to run.
+
+    A task is a key of ``dependencies``.  It receives the results of its
+    dependencies as positional arguments, in the order listed; a dependency whose
+    result is ``None`` is not passed (the legacy rule).  Validation is O(V+E).
+
+    Args:
+        funcs: task name -> a function or coroutine function (``functools.partial``
+            of either works).  Entries that are not tasks are ignored.
+        dependencies: task name -> an iterable of the task names it depends on.
+            Names are any hashable values.
+        io_bound: names of io-bound tasks: they start first, coroutines run on the
+            event loop and plain functions in threads.
+        done: names of tasks to treat as already finished.
+        results: results of tasks already finished, passed on to their children.
+        name: names the loggers ``<name>-manager`` and ``<name>-worker``.
+        logging_config: ``{'write': True}`` writes a log file (``'path'``, default
+            ``<name>.log``); ``{'level': 'INFO'}`` sets the loggers' level.
+
+    Returns:
+        The `Graph`.
+
+    Raises:
+        CycleError: the dependencies form a cycle; the message shows its path.
+        MissingDependencyError: a task depends on a name that is not a task.
+        MissingFunctionError: a task has no function in ``funcs``.
+        NotCallableError: a task's function is not callable.
+        UnknownTaskError: ``io_bound``, ``done`` or ``results`` name a non-task.
+        TypeError: an argument has the wrong type.
+
+    Example:
+        >>> graph = create_graph({'a': lambda: 1, 'b': lambda a: a + 1}, {'a': [], 'b': ['a']})
+        >>> run(graph).results
+        {'a': 1, 'b': 2}
+    """
+    _expect_mapping("funcs", funcs)
+    _expect_mapping("dependencies", dependencies)
+    deps = _freeze_dependencies(dependencies)
+    _check_functions(funcs, deps)
+    plan = _compile(deps)
+    io = _names_of("io_bound", io_bound, plan)
+    done_names = _names_of("done", done, plan)
+    results = dict(results or {})
+    plan.ids("results", results)
+    config = dict(logging_config or {})
+    graph = Graph(
+        funcs=dict(funcs),
+        dependencies=MappingProxyType(deps),
+        io_bound=frozenset(io),
+        done=list(dict.fromkeys(done_names)),
+        results=results,
+        name=str(name),
+        logging_config=config,
+        plan=plan,
+    )
+    from .logs import configure
+
+    configure(graph.name, config)
+    return graph
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def _expect_mapping(what: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a mapping of task names (got {_describe(value)})")
+
+
+def _describe(value: object) -> str:
+    kind = type(value).__name__
+    article = "an" if kind[:1] in "aeiou" else "a"
+    return f"{value!r:.60}, {article} {kind}"
+
+
+def _freeze_dependencies(
+    dependencies: Mapping[Task, Iterable[Task]],
+) -> dict[Task, tuple[Task, ...]]:
+    deps: dict[Task, tuple[Task, ...]] = {}
+    for task, ds in dependencies.items():
+        if type(ds) is tuple:
+            deps[task] = ds
+        elif type(ds) is list:
+            deps[task] = tuple(ds)
+        elif isinstance(ds, str | bytes):
+            raise TypeError(
+                f"dependencies of task {task!r} must be an iterable of task names, "
+                f"not a string (got {ds!r}; did you mean [{ds!r}]?)"
+            )
+        elif isinstance(ds, Iterable):
+            deps[task] = tuple(ds)
+        else:
+            raise TypeError(
+                f"dependencies of task {task!r} must be an iterable of task names "
+                f"(got {_describe(ds)})"
+            )
+    return deps
+
+
+def _check_functions(funcs: Mapping[Task, object], deps: dict[Task, tuple[Task, ...]]) -> None:
+    no_function = deps.keys() - funcs.keys()
+    if no_function:
+        raise MissingFunctionError(no_function)
+    not_callable = {t: funcs[t] for t in deps if not callable(funcs[t])}
+    if not_callable:
+        raise NotCallableError(not_callable)
+
+
+def _compile(deps: dict[Task, tuple[Task, ...]]) -> Plan:
+    names = tuple(deps)
+    index = {name: tid for tid, name in enumerate(names)}
+    get = index.__getitem__
+    try:
+        parents = tuple([tuple(map(get, ds)) for ds in deps.values()])
+    except (KeyError, TypeError):
+        missing = {
+            t: [d for d in ds if not _is_task(index, d)]
+            for t, ds in deps.items()
+            if not all(_is_task(index, d) for d in ds)
+        }
+        raise MissingDependencyError(missing, names) from None
+    kids: list[list[int]] = [[] for _ in names]
+    for tid, ps in enumerate(parents):
+        for p in ps:
+            kids[p].append(tid)
+    children = tuple(map(tuple, kids))
+    _check_acyclic(names, parents, children)
+    return Plan(names, index, parents, children)
+
+
+def _is_task(index: dict[Task, int], name: object) -> bool:
+    try:
+        return name in index
+    except TypeError:  # unhashable
+        return False
+
+
+def _check_acyclic(
+    names: tuple[Task, ...],
+    parents: tuple[tuple[int, ...], ...],
+    children: tuple[tuple[int, ...], ...],
+) -> None:
+    """Kahn's algorithm; on a cycle, walk unfinished parents to show one. O(V+E)."""
+    waiting = [len(ps) for ps in parents]
+    stack = [tid for tid, w in enumerate(waiting) if not w]
+    seen = 0
+    while stack:
+        tid = stack.pop()
+        seen += 1
+        for child in children[tid]:
+            waiting[child] -= 1
+            if not waiting[child]:
+                stack.append(child)
+    if seen == len(names):
+        return
+    # Every task left has a parent left: following such parents must revisit one.
+    tid = next(t for t, w in enumerate(waiting) if w)
+    order: dict[int, int] = {}
+    while tid not in order:
+        order[tid] = len(order)
+        tid = next(p for p in parents[tid] if waiting[p])
+    path = list(order)[order[tid] :] + [tid]
+    raise CycleError([names[t] for t in path])
+
+
+def _names_of(where: str, names: Iterable[Task] | None, plan: Plan) -> list[Task]:
+    if names is None:
+        return []
+    if isinstance(names, str | bytes) or not isinstance(names, Iterable):
+        raise TypeError(f"{where} must be an iterable of task names (got {_describe(names)})")
+    names = list(names)
+    plan.ids(where, names)
+    return names
+
+
+def _one_or_many(graph: Graph, where: str, tasks: Task | Iterable[Task]) -> list[int]:
+    """Ids of ``tasks``: a single task name, or an iterable of names."""
+    plan = graph.plan
+    if _is_task(plan.index, tasks):
+        return [plan.index[tasks]]
+    if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
+        raise UnknownTaskError(where, [tasks], plan.index)
+    return plan.ids(where, list(tasks))
+
+
+# -- queries and reruns -------------------------------------------------------
+
+
+def get_ready_tasks(graph: Graph) -> list[Task]:
+    """Return the tasks that are not done and whose dependencies all are, io-bound first."""
+    plan = graph.plan
+    done = _done_ids(graph)
+    ready = [
+        tid for tid, ps in enumerate(plan.parents) if tid not in done and all(p in done for p in ps)
+    ]
+    io = graph.io_bound
+    names = plan.names
+    return [names[t] for t in ready if names[t] in io] + [
+        names[t] for t in ready if names[t] not in io
+    ]
+
+
+def get_all_children(graph: Graph, task: Task) -> set[Task]:
+    """Return every descendant of ``task`` (its children, their children...), not itself."""
+    (tid,) = graph.plan.ids("task", [task])
+    names = graph.plan.names
+    return {names[t] for t in graph.plan.descendants([tid]) if t != tid}
+
+
+def mark_as_done(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
+    """Mark a task (or each of an iterable of tasks) as done; results are left as they are."""
+    ids = _one_or_many(graph, "tasks", tasks)
+    done = set(graph.done)
+    names = graph.plan.names
+    graph.done.extend(dict.fromkeys(names[t] for t in ids if names[t] not in done))
+    return graph
+
+
+def mark_as_done_except(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
+    """Mark every task except ``tasks`` (a name or an iterable of names) as done."""
+    keep = set(_one_or_many(graph, "tasks", tasks))
+    names = graph.plan.names
+    return mark_as_done(graph, [names[t] for t in range(len(names)) if t not in keep])
+
+
+def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
+    """Make ``tasks`` and all their descendants not done, and drop their results.
+
+    Use it after changing a task's function: the next run recomputes that task
+    and everything downstream of it, and nothing else.
+    """
+    plan = graph.plan
+    ids = _one_or_many(graph, "tasks", tasks)
+    reset = {plan.names[t] for t in plan.descendants(ids)}
+    graph.done[:] = [t for t in graph.done if t not in reset]
+    for task in reset:
+        graph.results.pop(task, None)
+    logging.getLogger(f"{graph.name}-manager").debug("reset %d tasks", len(reset))
+    return graph
+
+
+def reset_failed_tasks(graph: Graph) -> Graph:
+    """Make every failed task and all its descendants not done, dropping their results.
+
+    A task failed when its result is an `Exception`.  The next run reruns exactly
+    those tasks.
+    """
+    return reset_tasks(graph, graph.failed)
+
+
+def _done_ids(graph: Graph) -> set[int]:
+    index = graph.plan.index
+    return {index[t] for t in graph.done}
