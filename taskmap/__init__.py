@@ -54,9 +54,6 @@ __all__ = [
 
 for _name in __all__:
     _obj = globals()[_name]
-    if hasattr(_obj, "__module__"):
-        try:
-            _obj.__module__ = "taskmap"
-        except (AttributeError, TypeError):
-            pass
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = "taskmap"
 del _name, _obj

@@ -65,10 +65,10 @@ class Frontier:
     __slots__ = (
         "_children",
         "_io",
-        "skipped_at_start",
         "ready_cpu",
         "ready_io",
         "running",
+        "skipped_at_start",
         "state",
         "unfinished",
         "waiting",
@@ -201,7 +201,7 @@ class Frontier:
         RUNNING tasks are left to the driver, which finishes, fails or cancels them.
         """
         state = self.state
-        stopped = [tid for tid, s in enumerate(state) if s == _WAITING or s == _READY]
+        stopped = [tid for tid, s in enumerate(state) if s in (_WAITING, _READY)]
         for tid in stopped:
             state[tid] = _STOPPED
         self.ready_io.clear()

@@ -304,7 +304,7 @@ def _check_acyclic(
     while tid not in order:
         order[tid] = len(order)
         tid = next(p for p in parents[tid] if waiting[p])
-    path = list(order)[order[tid] :] + [tid]
+    path = [*list(order)[order[tid] :], tid]
     raise CycleError([names[t] for t in path])
 
 
@@ -322,7 +322,7 @@ def _one_or_many(graph: Graph, where: str, tasks: Task | Iterable[Task]) -> list
     """Ids of ``tasks``: a single task name, or an iterable of names."""
     plan = graph.plan
     if _is_task(plan.index, tasks):
-        return [plan.index[tasks]]
+        return [plan.index[tasks]]  # type: ignore[index]
     if isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
         raise UnknownTaskError(where, [tasks], plan.index)
     return plan.ids(where, list(tasks))
