@@ -8,10 +8,12 @@ from .errors import MissingDependencyError as MissingDependencyError
 from .errors import MissingFunctionError as MissingFunctionError
 from .errors import NotCallableError as NotCallableError
 from .errors import RunStoppedError as RunStoppedError
+from .errors import SerializationError as SerializationError
 from .errors import TaskError as TaskError
 from .errors import TaskmapError as TaskmapError
 from .errors import UnknownTaskError as UnknownTaskError
 from .errors import UpstreamFailedError as UpstreamFailedError
+from .errors import WorkerCrashedError as WorkerCrashedError
 from .frontier import TaskState as TaskState
 from .graph import Graph as Graph
 from .graph import create_graph as create_graph
@@ -24,6 +26,8 @@ from .graph import reset_tasks as reset_tasks
 from .logs import in_progress as in_progress
 from .runners import run as run
 from .runners import run_async as run_async
+from .runners import run_parallel as run_parallel
+from .runners import run_parallel_async as run_parallel_async
 
 __version__ = "1.0.0.dev0"
 
@@ -35,11 +39,13 @@ __all__ = [
     "MissingFunctionError",
     "NotCallableError",
     "RunStoppedError",
+    "SerializationError",
     "TaskError",
     "TaskState",
     "TaskmapError",
     "UnknownTaskError",
     "UpstreamFailedError",
+    "WorkerCrashedError",
     "create_graph",
     "get_all_children",
     "get_ready_tasks",
@@ -50,6 +56,8 @@ __all__ = [
     "reset_tasks",
     "run",
     "run_async",
+    "run_parallel",
+    "run_parallel_async",
 ]
 
 for _name in __all__:

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from types import CoroutineType
 from typing import Any
 
-from .errors import RunStoppedError, UpstreamFailedError
+from .backends import Backend
+from .errors import RunStoppedError, TaskError, UpstreamFailedError
 from .events import (
     Observer,
     RunFinished,
@@ -139,10 +140,11 @@ class Outcomes:
 def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> None:
     """Explain a TypeError raised by the call itself (arguments that do not fit)."""
     if isinstance(exc, TypeError) and exc.__traceback__ and exc.__traceback__.tb_next is None:
-        deps = graph.dependencies[name]
+        deps = list(graph.dependencies[name])
+        count = f"{nargs} positional argument(s)" if nargs >= 0 else "the positional arguments"
         exc.add_note(
-            f"task {name!r} was called with {nargs} positional argument(s): the results of "
-            f"its dependencies {list(deps)!r} that were not None"
+            f"task {name!r} was called with {count}: the results of its dependencies "
+            f"{deps!r} that were not None"
         )
 
 
@@ -191,19 +193,39 @@ def _check_drained(frontier: Frontier) -> None:
 class AsyncDriver:
     """Runs a graph on the running event loop.
 
-    Coroutines become loop tasks and run concurrently; an io-bound plain function
-    runs in a thread; any other plain function is called inline on the loop.  Each
-    completion is recorded from its done-callback, which then starts whatever
+    Placement: an io-bound coroutine runs on the loop and an io-bound plain function
+    in a thread.  Other tasks go to the CPU backend when there is one (worker
+    processes, a foreign executor), at most ``backend.capacity()`` at a time; without
+    one, a plain function is called inline on the loop and a coroutine runs on the
+    loop.  With ``all_on_backend`` every task goes to the backend (`run_parallel`).
+
+    Each completion is recorded from its done-callback, which then starts whatever
     became ready: no polling anywhere.
     """
 
-    def __init__(self, outcomes: Outcomes) -> None:
+    def __init__(
+        self,
+        outcomes: Outcomes,
+        backend: Backend | None = None,
+        *,
+        all_on_backend: bool = False,
+        drop_results: bool = False,
+        targets: Collection[int] = (),
+    ) -> None:
         self.outcomes = outcomes
         self.graph = outcomes.graph
         self.frontier = outcomes.frontier
+        self.backend = backend
+        self.all_on_backend = all_on_backend and backend is not None
         self.inflight: dict[int, asyncio.Future[Any]] = {}
         self.threads: ThreadPoolExecutor | None = None
         self.finished: asyncio.Future[None] | None = None
+        # drop_results: how many children of each task have yet to take its result
+        self.consumers: list[int] | None = None
+        if drop_results:
+            self.consumers = [len(c) for c in self.graph.plan.children]
+            for tid in targets:
+                self.consumers[tid] = -1  # a target's result is always kept
 
     async def arun(self) -> None:
         """Run until every task is done; on cancellation cancel in-flight tasks and re-raise."""
@@ -211,6 +233,8 @@ class AsyncDriver:
         self.finished = loop.create_future()
         self.outcomes.start_run()
         try:
+            if self.backend is not None:
+                self.backend.start()
             self._pump()
             await self.finished
             _check_drained(self.frontier)
@@ -221,40 +245,77 @@ class AsyncDriver:
         finally:
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
+        if self.backend is not None:
+            await self.backend.aclose(cancel=False)
         self.outcomes.end_run()
 
     def _pump(self) -> None:
-        """Start every READY task; complete inline ones at once. Called from the loop only."""
-        frontier, outcomes, graph = self.frontier, self.outcomes, self.graph
-        names, deps, funcs, results = (
-            graph.plan.names,
-            graph.dependencies,
-            graph.funcs,
-            graph.results,
-        )
-        while (tid := frontier.pop_ready()) >= 0:
-            name = names[tid]
-            func = funcs[name]
-            args = [r for d in deps[name] if (r := results.get(d)) is not None]
-            if frontier.is_io(tid) and not inspect.iscoroutinefunction(func):
-                outcomes.started(tid, "thread")
-                self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
-                continue
-            try:
-                value = func(*args)
-            except Exception as exc:
-                call_note(exc, name, graph, len(args))
-                outcomes.failed(tid, exc)
-                self._cancel_if_stopping()
-                continue
-            if type(value) is CoroutineType:
-                outcomes.started(tid, "loop")
-                self._watch(tid, asyncio.ensure_future(value))
-            else:
-                outcomes.started(tid, "loop")
-                outcomes.succeeded(tid, value)
+        """Start what may start now.  Called from the loop only."""
+        frontier, backend = self.frontier, self.backend
+        if backend is None:
+            while (tid := frontier.pop_ready()) >= 0:
+                self._start_here(tid)
+        elif self.all_on_backend:
+            while backend.capacity() > 0 and (tid := frontier.pop_ready()) >= 0:
+                self._start_on_backend(tid, backend)
+        else:
+            while (tid := frontier.pop_ready_io()) >= 0:
+                self._start_here(tid)
+            while backend.capacity() > 0 and (tid := frontier.pop_ready_cpu()) >= 0:
+                self._start_on_backend(tid, backend)
         if not frontier.unfinished and self.finished is not None and not self.finished.done():
             self.finished.set_result(None)
+
+    def _args(self, tid: int) -> list[Any]:
+        """The task's arguments: its dependencies' results that are not None."""
+        graph = self.graph
+        results = graph.results
+        args = [
+            r
+            for d in graph.dependencies[graph.plan.names[tid]]
+            if (r := results.get(d)) is not None
+        ]
+        consumers = self.consumers
+        if consumers is not None:
+            names = graph.plan.names
+            for p in graph.plan.parents[tid]:
+                consumers[p] -= 1
+                if consumers[p] == 0:
+                    results.pop(names[p], None)
+        return args
+
+    def _start_here(self, tid: int) -> None:
+        """Run a task in this process: on the loop, inline, or in a thread."""
+        outcomes, graph = self.outcomes, self.graph
+        name = graph.plan.names[tid]
+        func = graph.funcs[name]
+        args = self._args(tid)
+        if self.frontier.is_io(tid) and not inspect.iscoroutinefunction(func):
+            outcomes.started(tid, "thread")
+            self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
+            return
+        outcomes.started(tid, "loop")
+        try:
+            value = func(*args)
+        except Exception as exc:
+            call_note(exc, name, graph, len(args))
+            self._failed(tid, exc)
+            return
+        if type(value) is CoroutineType:
+            self._watch(tid, asyncio.ensure_future(value))
+        else:
+            outcomes.succeeded(tid, value)
+
+    def _start_on_backend(self, tid: int, backend: Backend) -> None:
+        name = self.graph.plan.names[tid]
+        args = self._args(tid)
+        try:
+            future = backend.submit(tid, name, self.graph.funcs[name], args)
+        except TaskError as exc:  # the function or arguments cannot be sent
+            self._failed(tid, exc)
+            return
+        self.outcomes.started(tid, "worker")
+        self._watch(tid, future)
 
     def _watch(self, tid: int, future: asyncio.Future[Any]) -> None:
         self.inflight[tid] = future
@@ -262,25 +323,25 @@ class AsyncDriver:
 
     def _on_done(self, tid: int, future: asyncio.Future[Any]) -> None:
         del self.inflight[tid]
-        outcomes = self.outcomes
         if self.finished is None or self.finished.done():  # aborting: leave it unrecorded
             return
         if future.cancelled():
-            outcomes.cancelled(tid)
+            self.outcomes.cancelled(tid)
         elif (exc := future.exception()) is not None:
-            outcomes.failed(tid, exc)
-            self._cancel_if_stopping()
+            if isinstance(exc, TypeError):
+                call_note(exc, self.graph.plan.names[tid], self.graph, -1)
+            self._failed(tid, exc)
         else:
             value = future.result()
             if type(value) is CoroutineType:  # a plain io-bound function returned a coroutine
-                self.inflight[tid] = task = asyncio.ensure_future(value)
-                task.add_done_callback(lambda f: self._on_done(tid, f))
+                self._watch(tid, asyncio.ensure_future(value))
                 return
-            outcomes.succeeded(tid, value)
+            self.outcomes.succeeded(tid, value)
         self._pump()
 
-    def _cancel_if_stopping(self) -> None:
-        if self.outcomes.fail_fast and self.outcomes.first_failure is not None:
+    def _failed(self, tid: int, exc: BaseException) -> None:
+        self.outcomes.failed(tid, exc)
+        if self.outcomes.fail_fast:  # stop what runs too
             for future in self.inflight.values():
                 future.cancel()
 
@@ -293,11 +354,13 @@ class AsyncDriver:
         return self.threads
 
     async def _aabort(self) -> None:
-        """Cancel what runs and wait for the cancellations to land (interrupt or error)."""
+        """Cancel what runs and stop the backend at once (interrupt, or a bug)."""
         if self.finished is not None and not self.finished.done():
             self.finished.cancel()
         futures = list(self.inflight.values())
         for future in futures:
             future.cancel()
+        if self.backend is not None:
+            await self.backend.aclose(cancel=True)
         if futures:
             await asyncio.wait(futures, timeout=5)

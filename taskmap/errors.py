@@ -11,7 +11,10 @@ The hierarchy::
     │   └── UnknownTaskError           io_bound / done / targets / ... name a non-task
     └── TaskError                      recorded as a task's result: why it has no value
         ├── UpstreamFailedError        not run: a dependency failed or was not run
-        └── RunStoppedError            not run or cancelled: the run stopped (fail_fast)
+        ├── RunStoppedError            not run or cancelled: the run stopped (fail_fast)
+        ├── WorkerCrashedError         the worker process running the task died
+        └── SerializationError         the task's function, input, result or exception
+                                       could not cross to or from its worker process
 
 Graph errors are raised.  Task errors are never raised by a runner: they are *stored*
 in ``graph.results`` in place of a value, so ``reset_failed_tasks`` (which resets every
@@ -30,10 +33,12 @@ __all__ = [
     "MissingFunctionError",
     "NotCallableError",
     "RunStoppedError",
+    "SerializationError",
     "TaskError",
     "TaskmapError",
     "UnknownTaskError",
     "UpstreamFailedError",
+    "WorkerCrashedError",
 ]
 
 _SHOWN = 10
@@ -198,6 +203,81 @@ class RunStoppedError(TaskError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.failed, self.cancelled))
+
+
+class WorkerCrashedError(TaskError):
+    """The worker process running the task died (a signal, ``os._exit``, a crash).
+
+    Only the task that was running is failed; the worker is replaced and the run
+    goes on.
+
+    Attributes:
+        task: the task the worker was running.
+        pid: the worker's process id.
+        exitcode: the process exit code; negative for a signal (``-9`` is SIGKILL).
+    """
+
+    def __init__(self, task: Hashable, pid: int | None, exitcode: int | None) -> None:
+        self.pid = pid
+        self.exitcode = exitcode
+        super().__init__(task, f"task {task!r} failed: {describe_exit(pid, exitcode)}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.pid, self.exitcode))
+
+
+def describe_exit(pid: int | None, exitcode: int | None) -> str:
+    """Say how a worker died, with its signal's name and the likely causes, as loky does."""
+    import signal
+
+    who = f"its worker (pid {pid})" if pid else "its worker"
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        causes = {
+            "SIGKILL": "killed from outside, or by the OS for lack of memory",
+            "SIGSEGV": "a crash in native code (segmentation fault)",
+            "SIGABRT": "native code aborted",
+            "SIGBUS": "a crash in native code (bus error)",
+            "SIGTERM": "terminated from outside",
+        }.get(name, "the signal was sent by the task or from outside")
+        return f"{who} was killed by {name} (exit code {exitcode}); likely cause: {causes}"
+    return (
+        f"{who} exited with code {exitcode} while running it; likely cause: os._exit() "
+        "or sys.exit() called by the task or native code"
+    )
+
+
+class SerializationError(TaskError):
+    """Something of the task could not be pickled to cross to or from its worker.
+
+    Attributes:
+        task: the task.
+        what: ``'function'``, ``'arguments'``, ``'result'`` or ``'exception'``.
+        type_name: the type of the object that could not cross.
+    """
+
+    def __init__(self, task: Hashable, what: str, type_name: str, detail: str) -> None:
+        self.what = what
+        self.type_name = type_name
+        self.detail = detail
+        if what in ("result", "exception"):
+            verb = "returned" if what == "result" else "raised"
+            message = (
+                f"task {task!r} {verb} {_a(type_name)}, which cannot be pickled to send it "
+                f"back from its worker process: {detail}"
+            )
+        else:
+            message = (
+                f"task {task!r} cannot be sent to a worker process: its {what} "
+                f"({_a(type_name)}) cannot be pickled: {detail}"
+            )
+        super().__init__(task, message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.what, self.type_name, self.detail))
 
 
 def _a(noun: str) -> str:

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from heapq import heappop, heappush
 
 from .graph import Plan
 
@@ -64,7 +65,9 @@ class Frontier:
 
     __slots__ = (
         "_children",
+        "_heap",
         "_io",
+        "_priority",
         "ready_cpu",
         "ready_io",
         "running",
@@ -82,6 +85,7 @@ class Frontier:
         done: Collection[int] = (),
         failed: Collection[int] = (),
         targets: Iterable[int] | None = None,
+        priority: Sequence[int] | None = None,
     ) -> None:
         """Start a run.
 
@@ -92,6 +96,8 @@ class Frontier:
             failed: ids among ``done`` whose outcome is an error: their
                 descendants in this run are skipped, not run.
             targets: run only these and their ancestors (None: every task).
+            priority: a number per task; among READY CPU tasks the highest goes
+                first (ties: lowest id).  None: first ready, first out.
         """
         n = len(plan.names)
         self._children = plan.children
@@ -100,6 +106,8 @@ class Frontier:
             self._io[tid] = 1
         self.ready_io: deque[int] = deque()
         self.ready_cpu: deque[int] = deque()
+        self._priority = priority
+        self._heap: list[tuple[int, int]] | None = None if priority is None else []
         self.running = 0
         state = self.state = bytearray([_WAITING]) * n
         if targets is not None:
@@ -128,11 +136,12 @@ class Frontier:
 
     def has_ready(self) -> bool:
         """Whether a task is READY."""
-        return bool(self.ready_io or self.ready_cpu)
+        return bool(self.ready_io or self.ready_cpu or self._heap)
 
     def ready(self) -> list[int]:
         """The READY ids, io-bound first, in the order they will be handed out."""
-        return [*self.ready_io, *self.ready_cpu]
+        heap = sorted(self._heap or ())
+        return [*self.ready_io, *self.ready_cpu, *(tid for _, tid in heap)]
 
     # -- transitions --------------------------------------------------------
 
@@ -142,6 +151,20 @@ class Frontier:
             tid = self.ready_io.popleft()
         elif self.ready_cpu:
             tid = self.ready_cpu.popleft()
+        elif self._heap:
+            tid = heappop(self._heap)[1]
+        else:
+            return -1
+        self.state[tid] = _RUNNING
+        self.running += 1
+        return tid
+
+    def pop_ready_cpu(self) -> int:
+        """Hand out the next READY CPU-bound task and mark it RUNNING; -1 if none."""
+        if self.ready_cpu:
+            tid = self.ready_cpu.popleft()
+        elif self._heap:
+            tid = heappop(self._heap)[1]
         else:
             return -1
         self.state[tid] = _RUNNING
@@ -174,8 +197,10 @@ class Frontier:
                 state[child] = _READY
                 if self._io[child]:
                     self.ready_io.append(child)
-                else:
+                elif self._heap is None:
                     self.ready_cpu.append(child)
+                else:
+                    self._push_cpu(child)
         return newly
 
     def fail(self, tid: int) -> list[int]:
@@ -206,6 +231,8 @@ class Frontier:
             state[tid] = _STOPPED
         self.ready_io.clear()
         self.ready_cpu.clear()
+        if self._heap:
+            self._heap.clear()
         self.unfinished -= len(stopped)
         return stopped
 
@@ -213,7 +240,17 @@ class Frontier:
 
     def _make_ready(self, tid: int) -> None:
         self.state[tid] = _READY
-        (self.ready_io if self._io[tid] else self.ready_cpu).append(tid)
+        if self._io[tid]:
+            self.ready_io.append(tid)
+        elif self._heap is None:
+            self.ready_cpu.append(tid)
+        else:
+            self._push_cpu(tid)
+
+    def _push_cpu(self, tid: int) -> None:
+        assert self._heap is not None
+        assert self._priority is not None
+        heappush(self._heap, (-self._priority[tid], tid))
 
     def _skip_from(self, roots: Iterable[int], expected: int) -> list[int]:
         """Skip every WAITING descendant of ``roots``. O(descendants' edges)."""

@@ -51,6 +51,18 @@ class Plan:
     index: dict[Task, int]
     parents: tuple[tuple[int, ...], ...]
     children: tuple[tuple[int, ...], ...]
+    order: list[int]  # a topological order: parents before children
+
+    def heights(self) -> list[int]:
+        """Per task, the number of tasks on the longest path from it to a sink (itself
+        included): the static 'longest remaining path' priority. O(V+E)."""
+        height = [1] * len(self.names)
+        children = self.children
+        for tid in reversed(self.order):
+            kids = children[tid]
+            if kids:
+                height[tid] = 1 + max([height[c] for c in kids])
+        return height
 
     def ids(self, where: str, names: Iterable[Task]) -> list[int]:
         """Map task names to ids; raise `UnknownTaskError` naming every unknown one."""
@@ -269,8 +281,8 @@ def _compile(deps: dict[Task, tuple[Task, ...]]) -> Plan:
         for p in ps:
             kids[p].append(tid)
     children = tuple(map(tuple, kids))
-    _check_acyclic(names, parents, children)
-    return Plan(names, index, parents, children)
+    order = _topological_order(names, parents, children)
+    return Plan(names, index, parents, children, order)
 
 
 def _is_task(index: dict[Task, int], name: object) -> bool:
@@ -280,31 +292,32 @@ def _is_task(index: dict[Task, int], name: object) -> bool:
         return False
 
 
-def _check_acyclic(
+def _topological_order(
     names: tuple[Task, ...],
     parents: tuple[tuple[int, ...], ...],
     children: tuple[tuple[int, ...], ...],
-) -> None:
+) -> list[int]:
     """Kahn's algorithm; on a cycle, walk unfinished parents to show one. O(V+E)."""
     waiting = [len(ps) for ps in parents]
     stack = [tid for tid, w in enumerate(waiting) if not w]
-    seen = 0
+    order: list[int] = []
+    append = order.append
     while stack:
         tid = stack.pop()
-        seen += 1
+        append(tid)
         for child in children[tid]:
             waiting[child] -= 1
             if not waiting[child]:
                 stack.append(child)
-    if seen == len(names):
-        return
+    if len(order) == len(names):
+        return order
     # Every task left has a parent left: following such parents must revisit one.
     tid = next(t for t, w in enumerate(waiting) if w)
-    order: dict[int, int] = {}
-    while tid not in order:
-        order[tid] = len(order)
+    visit: dict[int, int] = {}
+    while tid not in visit:
+        visit[tid] = len(visit)
         tid = next(p for p in parents[tid] if waiting[p])
-    path = [*list(order)[order[tid] :], tid]
+    path = [*list(visit)[visit[tid] :], tid]
     raise CycleError([names[t] for t in path])
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Hashable, Iterable
+from concurrent.futures import Executor
+from multiprocessing.context import BaseContext
 from typing import Literal
 
+from .backends import Backend
+from .backends.executor import ExecutorBackend
+from .backends.processes import ProcessPool
 from .driver import AsyncDriver, Outcomes, drive_sync, new_event_loop
 from .events import Observer, fan_out
 from .frontier import Frontier
 from .graph import Graph
 from .logs import LogObserver
 
-__all__ = ["run", "run_async"]
+__all__ = ["run", "run_async", "run_parallel", "run_parallel_async"]
 
 OnError = Literal["continue", "fail_fast"]
 
@@ -89,12 +95,170 @@ def run_async(
     return _finish(outcomes, raise_errors)
 
 
+def run_parallel(
+    graph: Graph,
+    ncores: int | None = None,
+    sleep: float | None = None,
+    *,
+    nprocs: int | None = None,
+    targets: Iterable[Hashable] | None = None,
+    on_error: OnError = "continue",
+    raise_errors: bool = False,
+    executor: Executor | None = None,
+    mp_context: str | BaseContext | None = None,
+    drop_results: bool = False,
+) -> Graph:
+    """Run every task in a pool of worker processes, io-bound ones handed out first.
+
+    Functions and arguments cross to the workers with cloudpickle (lambdas,
+    closures, ``functools.partial`` of coroutine functions work); a worker runs a
+    coroutine on its own event loop.  A worker that dies fails only the task it was
+    running (`WorkerCrashedError`) and is replaced.  Ctrl-C stops every worker and
+    raises `KeyboardInterrupt`; finished results stay in ``graph.results``.
+
+    Args:
+        graph: from `create_graph`.
+        ncores: number of worker processes (default: cores - 1, at least 1).
+        sleep: legacy, accepted and ignored: taskmap does not poll.
+        nprocs: legacy alias of ``ncores``.
+        targets: run only these tasks and their ancestors.
+        on_error: ``'continue'`` or ``'fail_fast'``, as in `run`; ``'fail_fast'``
+            kills the workers of running tasks.
+        raise_errors: legacy; implies ``'fail_fast'`` and re-raises the first
+            task exception once the run has stopped.
+        executor: a `concurrent.futures.Executor` to run the tasks on instead of
+            the built-in pool (for Dask: ``client.get_executor()``).
+        mp_context: multiprocessing start method or context for the workers
+            (default: ``'forkserver'`` where available, else ``'spawn'``).
+        drop_results: drop a result from ``graph.results`` once every child has
+            taken it, unless it is a target or has no children (saves memory on
+            long graphs of large values; rerunning a child then needs its parent
+            rerun too).
+
+    Returns:
+        The same graph, with ``results`` and ``done`` filled.
+    """
+    workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) - 1))
+    return _run_on_loop(
+        graph,
+        targets,
+        on_error,
+        raise_errors,
+        _backend(executor, workers, mp_context, graph.name),
+        all_on_backend=True,
+        drop_results=drop_results,
+    )
+
+
+def run_parallel_async(
+    graph: Graph,
+    ncores: int | None = None,
+    sleep: float | None = None,
+    *,
+    nprocs: int | None = None,
+    targets: Iterable[Hashable] | None = None,
+    on_error: OnError = "continue",
+    raise_errors: bool = False,
+    executor: Executor | None = None,
+    mp_context: str | BaseContext | None = None,
+    drop_results: bool = False,
+) -> Graph:
+    """Run io-bound tasks on this process's event loop and the others in worker processes.
+
+    io-bound coroutines run concurrently on the driver's event loop (uvloop when
+    installed) and io-bound plain functions in a thread pool, so IO never waits
+    behind CPU; every other task runs in a worker process, at most one per worker
+    at a time, the one with the longest chain of tasks after it first.  Otherwise as
+    `run_parallel`.
+
+    Args:
+        graph: from `create_graph`.
+        ncores: number of worker processes for CPU tasks (default: half the cores,
+            at least 1).
+        sleep: legacy, accepted and ignored: taskmap does not poll.
+        nprocs, targets, on_error, raise_errors, executor, mp_context,
+        drop_results: as in `run_parallel`.
+
+    Returns:
+        The same graph, with ``results`` and ``done`` filled.
+
+    Example:
+        >>> graph = create_graph(funcs, dependencies, io_bound=['fetch_a', 'fetch_b'])
+        >>> graph = run_parallel_async(graph, ncores=2)
+    """
+    workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) // 2))
+    return _run_on_loop(
+        graph,
+        targets,
+        on_error,
+        raise_errors,
+        _backend(executor, workers, mp_context, graph.name),
+        all_on_backend=False,
+        drop_results=drop_results,
+    )
+
+
+def _workers(ncores: int | None, nprocs: int | None, *, default: int) -> int:
+    if ncores is not None and nprocs is not None and ncores != nprocs:
+        raise ValueError(f"ncores and nprocs are the same setting (got {ncores} and {nprocs})")
+    n = ncores if ncores is not None else nprocs
+    if n is None:
+        return default
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"ncores must be a positive integer (got {n!r})")
+    return n
+
+
+def _backend(
+    executor: Executor | None, workers: int, mp_context: str | BaseContext | None, name: str
+) -> Backend:
+    if executor is not None:
+        return ExecutorBackend(executor)
+    return ProcessPool(workers, context=mp_context, name=name)
+
+
+def _run_on_loop(
+    graph: Graph,
+    targets: Iterable[Hashable] | None,
+    on_error: str,
+    raise_errors: bool,
+    backend: Backend,
+    *,
+    all_on_backend: bool,
+    drop_results: bool,
+) -> Graph:
+    outcomes = _prepare(graph, targets, on_error, raise_errors, priority=True)
+    target_ids = [] if targets is None else outcomes.graph.plan.ids("targets", _listed(targets))
+    driver = AsyncDriver(
+        outcomes,
+        backend,
+        all_on_backend=all_on_backend,
+        drop_results=drop_results,
+        targets=target_ids,
+    )
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(driver.arun())
+    finally:
+        if isinstance(backend, ProcessPool):
+            backend.close_now()  # a second Ctrl-C can cut aclose short: no orphans
+    return _finish(outcomes, raise_errors)
+
+
+def _listed(targets: Iterable[Hashable]) -> list[Hashable]:
+    if isinstance(targets, str | bytes) or not isinstance(targets, Iterable):
+        return [targets]
+    return list(targets)
+
+
 def _prepare(
     graph: Graph,
     targets: Iterable[Hashable] | None,
     on_error: str,
     raise_errors: bool,
     observers: Iterable[Observer] = (),
+    *,
+    priority: bool = False,
 ) -> Outcomes:
     """Check the run's arguments and set up its frontier and bookkeeping."""
     if not isinstance(graph, Graph):
@@ -107,16 +271,14 @@ def _prepare(
     plan, results = graph.plan, graph.results
     done = plan.ids("graph.done", graph.done)
     failed = [tid for tid in done if isinstance(results.get(plan.names[tid]), Exception)]
-    if targets is not None:
-        if isinstance(targets, str | bytes) or not isinstance(targets, Iterable):
-            targets = [targets]
-        targets = plan.ids("targets", targets)
+    target_ids = None if targets is None else plan.ids("targets", _listed(targets))
     frontier = Frontier(
         plan,
         io=plan.ids("io_bound", graph.io_bound),
         done=done,
         failed=failed,
-        targets=targets,
+        targets=target_ids,
+        priority=plan.heights() if priority else None,
     )
     chain = list(observers)
     log = LogObserver(graph.name)

@@ -1,0 +1,46 @@
+"""Where a CPU task executes, away from the driver's event loop.
+
+The asyncio driver runs coroutines on its loop, io-bound plain functions in a
+thread pool and, without a CPU backend, other plain functions inline; those three
+placements are a few lines each and live in `taskmap.driver`.  A CPU backend takes
+the rest: the built-in pool of worker processes (`processes.ProcessPool`) or any
+`concurrent.futures.Executor` (`executor.ExecutorBackend`, the door to Dask).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol
+
+__all__ = ["Backend"]
+
+
+class Backend(Protocol):
+    """Runs CPU tasks for the asyncio driver.  Used from the driver's loop only."""
+
+    def start(self) -> None:
+        """Start (from the driver's running loop) before the first `submit`."""
+        ...
+
+    def capacity(self) -> int:
+        """How many more tasks it takes now (the driver keeps the rest READY)."""
+        ...
+
+    def submit(
+        self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """Start a task; the future gets its value or its exception.
+
+        Raises:
+            SerializationError: the function or arguments cannot be sent; nothing
+                was started.
+        """
+        ...
+
+    async def aclose(self, *, cancel: bool) -> None:
+        """Release every resource; with ``cancel``, stop running tasks at once.
+
+        Idempotent; no process or thread it started outlives it.
+        """
+        ...

@@ -1,0 +1,347 @@
+"""The built-in pool of worker processes.
+
+Design note
+-----------
+The pool runs at most one task per worker.  It is driven entirely by the event
+loop: every worker contributes two readers, its pipe (messages) and its process
+sentinel (death), so the driver never polls and never blocks waiting.
+
+::
+
+    driver loop ── submit(tid) ─► pickle function (once per function) and arguments
+        │                         └─► idle worker's pipe ─► worker.main runs it
+        │
+        ├── pipe readable ──► "ok" / "err" / "unpicklable" ─► the task's future
+        │                     "out" / "log" ─► driver's sys.stdout/stderr, loggers
+        └── sentinel readable ─► drain the pipe, fail the running task with
+                                 WorkerCrashedError, start a replacement worker
+
+Rules:
+1. Arguments are pickled before a worker is taken: an unpicklable input fails
+   its own task (`SerializationError`), and the worker stays free.
+2. A worker's death fails only the task it was running; the pool replaces it.
+3. Cancelling a task's future kills its worker (a running function cannot be
+   interrupted otherwise); the pool replaces it.
+4. `aclose` leaves no process behind: stop messages when the run ended normally,
+   SIGTERM then SIGKILL when it did not.  Workers are daemonic too, as a last net.
+
+State: ``workers`` every live worker; ``idle`` those without a task; each
+`_Worker` knows its running task (``tid``, ``future``) and the ids of the
+functions it has been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from .. import worker as worker_module
+from ..errors import SerializationError, WorkerCrashedError
+from ..worker import RemoteTraceback, dumps, loads
+
+__all__ = ["ProcessPool", "get_context"]
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class PoolState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    alive: Connection  # the driver's end of the watchdog pipe; never written
+    pid: int | None = None
+    tid: int = -1
+    task: Hashable = None
+    future: asyncio.Future[Any] | None = None
+    known: set[int] = field(default_factory=set)
+    dead: bool = False
+
+
+def get_context(method: str | BaseContext | None) -> BaseContext:
+    """The multiprocessing context for workers: forkserver where there is one, else spawn.
+
+    ``fork`` is allowed when asked for, but is unsafe with a running event loop or
+    threads, so it is never the default.
+    """
+    if isinstance(method, BaseContext):
+        return method
+    if method is None:
+        available = multiprocessing.get_all_start_methods()
+        method = "forkserver" if "forkserver" in available else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # Workers fork from a server that has already imported what they need.
+        context.set_forkserver_preload(["taskmap.worker"])
+    return context
+
+
+class ProcessPool:
+    """``n`` worker processes, one task each at a time.  Use from the driver's loop only."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        context: str | BaseContext | None = None,
+        name: str = "taskmap",
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"a process pool needs at least 1 worker (got {n})")
+        self.n = n
+        self.name = name
+        self.context = get_context(context)
+        self.state = PoolState.NEW
+        self.workers: list[_Worker] = []
+        self.idle: list[_Worker] = []
+        self.functions: dict[int, tuple[Callable[..., Any], int, bytes]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = 0
+        self.env = _thread_limits(n)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers on the running loop; they handshake in the background."""
+        if self.state is not PoolState.NEW:
+            raise RuntimeError(f"cannot start a pool that is {self.state.value}")
+        self.loop = asyncio.get_running_loop()
+        self.state = PoolState.RUNNING
+        for _ in range(self.n):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        assert self.loop is not None
+        conn, child_conn = self.context.Pipe(duplex=True)
+        alive_r, alive_w = self.context.Pipe(duplex=False)
+        self.started += 1
+        process = self.context.Process(  # type: ignore[attr-defined]
+            target=worker_module.main,
+            args=(child_conn, alive_r, self.env, _log_levels()),
+            name=f"{self.name}-worker-{self.started}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        alive_r.close()
+        worker = _Worker(process, conn, alive_w, pid=process.pid)
+        self.workers.append(worker)
+        self.idle.append(worker)
+        self.loop.add_reader(conn.fileno(), self._on_readable, worker)
+        self.loop.add_reader(process.sentinel, self._on_exit, worker)
+
+    async def aclose(self, *, cancel: bool) -> None:
+        """Stop every worker: gently after a normal run, at once with ``cancel``."""
+        if self.state is PoolState.CLOSED:
+            return
+        self.state = PoolState.CLOSED
+        workers, self.workers, self.idle = self.workers, [], []
+        for w in workers:
+            self._unwatch(w)
+            if w.future is not None and not w.future.done():
+                w.future.cancel()
+            if cancel or w.tid >= 0:
+                _signal(w.process, "terminate")
+            else:
+                with contextlib.suppress(OSError):
+                    w.conn.send_bytes(dumps(("stop",)))
+        deadline = time.monotonic() + (2.0 if cancel else 5.0)
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                _signal(w.process, "kill")
+                w.process.join(2.0)
+            w.conn.close()
+            w.alive.close()
+
+    def close_now(self) -> None:
+        """Kill every worker without waiting on the loop (a last resort from ``finally``)."""
+        if self.state is PoolState.CLOSED:
+            return
+        self.state = PoolState.CLOSED
+        for w in self.workers:
+            _signal(w.process, "kill")
+            w.process.join(2.0)
+            w.conn.close()
+            w.alive.close()
+        self.workers, self.idle = [], []
+
+    # -- tasks --------------------------------------------------------------
+
+    def capacity(self) -> int:
+        return len(self.idle)
+
+    def submit(
+        self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
+        """Send a task to an idle worker.  Raises SerializationError before taking one."""
+        assert self.loop is not None
+        assert self.idle, "submit() needs capacity()"
+        fid, fn_blob = self._function(task, func)
+        try:
+            args_blob = dumps(tuple(args))
+        except Exception as exc:
+            raise _unpicklable_args(task, args, exc) from None
+        worker = self.idle.pop()
+        future = self.loop.create_future()
+        worker.tid, worker.task, worker.future = tid, task, future
+        future.add_done_callback(lambda f: self._on_future_done(worker, f))
+        first = fid not in worker.known
+        worker.known.add(fid)
+        worker.conn.send_bytes(dumps(("run", tid, fid, fn_blob if first else None, args_blob)))
+        return future
+
+    def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
+        entry = self.functions.get(id(func))
+        if entry is None or entry[0] is not func:
+            try:
+                blob = worker_module.dumps_function(func)
+            except Exception as exc:
+                raise SerializationError(
+                    task, "function", type(func).__qualname__, str(exc)
+                ) from None
+            entry = self.functions[id(func)] = (func, len(self.functions), blob)
+        return entry[1], entry[2]
+
+    # -- events from the loop -----------------------------------------------
+
+    def _on_readable(self, worker: _Worker) -> None:
+        conn = worker.conn
+        while True:
+            try:
+                message = loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                # The worker is gone; its sentinel says how.  Stop reading the pipe.
+                assert self.loop is not None
+                self.loop.remove_reader(conn.fileno())
+                return
+            self._handle(worker, message)
+            if worker.dead or not conn.poll():
+                return
+
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        tag = message[0]
+        if tag == "out":
+            (sys.stdout if message[1] == 1 else sys.stderr).write(message[2])
+            return
+        if tag == "log":
+            record: logging.LogRecord = message[1]
+            logging.getLogger(record.name).handle(record)
+            return
+        if tag == "ready":
+            worker.pid = message[1]
+            return
+        future, task = worker.future, worker.task
+        worker.tid, worker.task, worker.future = -1, None, None
+        if self.state is PoolState.RUNNING:
+            self.idle.append(worker)
+        if future is None or future.done():  # cancelled meanwhile
+            return
+        if tag == "ok":
+            try:
+                future.set_result(loads(message[2]))
+            except Exception as exc:
+                future.set_exception(
+                    SerializationError(task, "result", "value", f"it cannot be unpickled: {exc}")
+                )
+        elif tag == "err":
+            future.set_exception(_rebuild(task, worker.pid, *message[2:]))
+        elif tag == "unpicklable":
+            future.set_exception(SerializationError(task, "result", message[2], message[3]))
+
+    def _on_exit(self, worker: _Worker) -> None:
+        """A worker's process ended: record what it sent, fail its task, replace it."""
+        if worker.dead:
+            return
+        if worker.conn.poll():
+            self._on_readable(worker)
+        worker.dead = True
+        self._unwatch(worker)
+        worker.process.join(1.0)
+        if worker in self.workers:
+            self.workers.remove(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        future = worker.future
+        if future is not None and not future.done():
+            future.set_exception(
+                WorkerCrashedError(worker.task, worker.pid, worker.process.exitcode)
+            )
+        worker.conn.close()
+        worker.alive.close()
+        if self.state is PoolState.RUNNING:
+            self._spawn()
+
+    def _on_future_done(self, worker: _Worker, future: asyncio.Future[Any]) -> None:
+        # Rule 3: the driver cancelled a running task (fail_fast, timeout): kill the worker.
+        if future.cancelled() and worker.future is future and not worker.dead:
+            _signal(worker.process, "kill")
+
+    def _unwatch(self, worker: _Worker) -> None:
+        assert self.loop is not None
+        for fd in (worker.conn, worker.process.sentinel):
+            with contextlib.suppress(OSError, ValueError):
+                self.loop.remove_reader(fd if isinstance(fd, int) else fd.fileno())
+
+
+def _rebuild(
+    task: Hashable, pid: int | None, blob: bytes | None, type_name: str, message: str, tb: str
+) -> BaseException:
+    """The task's exception from the wire, with the worker's traceback as its cause."""
+    exc: BaseException
+    if blob is None:
+        exc = SerializationError(task, "exception", type_name, message)
+    else:
+        try:
+            exc = loads(blob)
+        except Exception:
+            exc = SerializationError(task, "exception", type_name, message)
+    exc.__cause__ = RemoteTraceback(tb)
+    exc.add_note(f"task {task!r} failed in worker process {pid}")
+    return exc
+
+
+def _unpicklable_args(task: Hashable, args: Sequence[Any], exc: Exception) -> SerializationError:
+    for i, arg in enumerate(args):
+        try:
+            dumps(arg)
+        except Exception:
+            return SerializationError(task, f"argument {i}", type(arg).__qualname__, str(exc))
+    return SerializationError(task, "arguments", "tuple", str(exc))
+
+
+def _thread_limits(workers: int) -> dict[str, str]:
+    """Native thread pools sized to cores // workers, unless the user set them."""
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    return {var: os.environ.get(var, share) for var in _THREAD_VARS}
+
+
+def _log_levels() -> dict[str, int]:
+    """The levels the driver's loggers have, so workers emit the records wanted here."""
+    levels = {"root": logging.getLogger().getEffectiveLevel()}
+    for name, logger in logging.root.manager.loggerDict.items():
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
+
+
+def _signal(process: BaseProcess, how: str) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        getattr(process, how)()

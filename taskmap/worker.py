@@ -1,0 +1,247 @@
+"""The worker process: its main loop and the wire messages.
+
+Design note
+-----------
+A worker is one process running `main`.  It talks to the driver over one duplex
+pipe of length-prefixed messages (`multiprocessing.connection.Connection`), each
+a pickled tuple whose first item is its tag::
+
+    driver -> worker   ("run", tid, fid, function bytes or None, argument bytes)
+                       ("stop",)
+    worker -> driver   ("ready", pid)
+                       ("ok", tid, result bytes)
+                       ("err", tid, exception bytes or None, type name, message, traceback text)
+                       ("unpicklable", tid, result type name, why)
+                       ("out", stream number, text)        print output, line by line
+                       ("log", logging.LogRecord)          records of the task's loggers
+
+Rules:
+1. A function crosses once per worker (``fid``); the worker keeps it by id.
+2. Arguments and results cross with `dumps`/`loads` below, the only pickling for the
+   wire (cloudpickle where plain pickle cannot: lambdas, closures, local classes).
+3. An exception crosses with its traceback as text; one that cannot be pickled
+   crosses as its type name and message.
+4. The worker ignores SIGINT (the driver decides), and exits at once when the driver
+   dies: a watchdog thread blocks on a second pipe whose other end only the driver
+   holds, and reading EOF there means the driver is gone.
+5. This module imports only the standard library and cloudpickle, so a new worker
+   starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import logging.handlers
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from types import CoroutineType
+from typing import Any
+
+import cloudpickle
+
+__all__ = ["RemoteTraceback", "call_pickled", "dumps", "dumps_function", "loads", "main"]
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+loads = pickle.loads
+
+
+def dumps(value: object) -> bytes:
+    """Pickle for the wire: plain pickle first (fast), cloudpickle for what it cannot do."""
+    try:
+        return pickle.dumps(value, PROTOCOL)
+    except Exception:
+        blob: bytes = cloudpickle.dumps(value, PROTOCOL)
+        return blob
+
+
+def dumps_function(func: Callable[..., Any]) -> bytes:
+    """Pickle a task's function for the wire, by value where needed (cloudpickle)."""
+    blob: bytes = cloudpickle.dumps(func, PROTOCOL)
+    return blob
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback text; set as the ``__cause__`` of a task's exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class _PipeWriter(io.TextIOBase):
+    """A text stream that forwards each complete line to the driver."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None], stream: int) -> None:
+        self._send = send
+        self._stream = stream
+        self._buffer = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        if "\n" in self._buffer:
+            head, _, self._buffer = self._buffer.rpartition("\n")
+            self._send(("out", self._stream, head + "\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            text, self._buffer = self._buffer, ""
+            self._send(("out", self._stream, text))
+
+
+class _PipeQueue:
+    """What `logging.handlers.QueueHandler` puts records into: the driver's pipe."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
+        self._send = send
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        self._send(("log", record))
+
+
+def main(
+    conn: Connection,
+    alive: Connection,
+    env: dict[str, str],
+    log_levels: dict[str, int],
+) -> None:
+    """Run tasks sent by the driver until told to stop or the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    os.environ.update(env)
+    threading.Thread(target=_watchdog, args=(alive,), daemon=True).start()
+
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        blob = dumps(message)
+        with lock:  # task threads may print or log too
+            conn.send_bytes(blob)
+
+    _route_logging(send, log_levels)
+    sys.stdout = _PipeWriter(send, 1)
+    sys.stderr = _PipeWriter(send, 2)
+    functions: dict[int, Callable[..., Any]] = {}
+    runner: asyncio.Runner | None = None
+    send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                message = loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            if message[0] == "stop":
+                return
+            _, tid, fid, fn_blob, args_blob = message
+            try:
+                if fn_blob is not None:
+                    functions[fid] = loads(fn_blob)
+                args = loads(args_blob)
+                try:
+                    value = functions[fid](*args)
+                except TypeError as exc:
+                    if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+                        exc.add_note(f"the task was called with {len(args)} positional argument(s)")
+                    raise
+                if type(value) is CoroutineType:
+                    if runner is None:
+                        runner = asyncio.Runner(loop_factory=_new_event_loop())
+                    value = runner.run(value)
+            except BaseException as exc:
+                reply = _error_reply(tid, exc)
+            else:
+                try:
+                    reply = ("ok", tid, dumps(value))
+                except Exception as exc:
+                    reply = ("unpicklable", tid, type(value).__qualname__, str(exc))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            send(reply)
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def _error_reply(tid: int, exc: BaseException) -> tuple[Any, ...]:
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        blob: bytes | None = dumps(exc)
+        loads(blob)  # type: ignore[arg-type]  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        blob = None
+    return ("err", tid, blob, type(exc).__qualname__, str(exc), tb)
+
+
+def call_pickled(fn_blob: bytes, args_blob: bytes) -> Any:
+    """Call a pickled function on pickled arguments: what a foreign Executor runs.
+
+    A coroutine function's coroutine is run to completion on a new event loop.  An
+    exception is re-raised with the traceback text attached as its ``__cause__``.
+    """
+    try:
+        value = loads(fn_blob)(*loads(args_blob))
+        if type(value) is CoroutineType:
+            with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
+                value = runner.run(value)
+        return value
+    except Exception as exc:
+        # __cause__ does not survive pickling but __dict__ does: the driver restores it.
+        exc._taskmap_remote_tb = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
+        raise
+
+
+def _watchdog(alive: Connection) -> None:
+    """Exit the moment the driver dies (its end of ``alive`` closes)."""
+    with contextlib.suppress(EOFError, OSError):
+        alive.recv_bytes()
+    os._exit(70)
+
+
+def _route_logging(send: Callable[[tuple[Any, ...]], None], levels: dict[str, int]) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(_PipeQueue(send)))  # type: ignore[arg-type]
+    for name, level in levels.items():
+        logging.getLogger(None if name == "root" else name).setLevel(level)
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent exits (the driver, or the forkserver, which
+    exits with the driver).  Backs up the watchdog pipe under the fork start method,
+    where siblings inherit each other's pipe ends and EOF may never come."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - unusual libc
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(70)
+
+
+def _new_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
