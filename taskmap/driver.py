@@ -111,7 +111,11 @@ class Outcomes:
         self.graph.done.append(name)
         if self.emit is not None:
             self.emit(TaskFailed(name, error))
-        self._skip(self.frontier.fail(tid), name)
+        skipped = self.frontier.fail(tid)
+        if skipped:
+            count = len(skipped)
+            error.add_note(f"{count} descendant{'s' if count > 1 else ''} not run")
+            self._skip(skipped, name)
         if self.first_failure is None:
             self.first_failure, self.first_failed = error, name
             if self.fail_fast:

@@ -281,7 +281,7 @@ class SerializationError(TaskError):
 
 
 def _a(noun: str) -> str:
-    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def _did_you_mean(name: Hashable, tasks: Iterable[Hashable]) -> str:

@@ -39,9 +39,11 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import spawn
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -138,7 +140,8 @@ class ProcessPool:
             name=f"{self.name}-worker-{self.started}",
             daemon=True,
         )
-        process.start()
+        with _main_not_rerun():
+            process.start()
         child_conn.close()
         alive_r.close()
         worker = _Worker(process, conn, alive_w, pid=process.pid)
@@ -146,6 +149,9 @@ class ProcessPool:
         self.idle.append(worker)
         self.loop.add_reader(conn.fileno(), self._on_readable, worker)
         self.loop.add_reader(process.sentinel, self._on_exit, worker)
+        # uvloop (libuv) makes a watched fd non-blocking; Connection reads and writes
+        # whole messages and needs it blocking (a 50 MB message is read in one go).
+        os.set_blocking(conn.fileno(), True)
 
     async def aclose(self, *, cancel: bool) -> None:
         """Stop every worker: gently after a normal run, at once with ``cancel``."""
@@ -340,6 +346,35 @@ def _log_levels() -> dict[str, int]:
         if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
             levels[name] = logger.level
     return levels
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Start a worker without re-running the user's ``__main__`` in it.
+
+    Under spawn and forkserver, multiprocessing re-imports the main script in each
+    child, which breaks scripts without an ``if __name__ == '__main__'`` guard (the
+    norm with taskmap 0.0.6, which forked).  Workers do not need it: functions from
+    ``__main__`` cross by value with cloudpickle.  So the preparation data a child
+    receives is stripped of the main-module entries while a worker starts.
+    """
+    original = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _START_LOCK:
+        spawn.get_preparation_data = without_main
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = original
 
 
 def _signal(process: BaseProcess, how: str) -> None:

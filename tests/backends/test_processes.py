@@ -1,0 +1,499 @@
+"""Worker processes: real faults (os._exit, SIGKILL, segfault, Ctrl-C, a killed driver),
+pickling failures, large values, output and logging, and no process left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import functools
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import taskmap
+from taskmap import SerializationError, UpstreamFailedError, WorkerCrashedError
+
+pytestmark = pytest.mark.timeout(60)
+
+PARALLEL = [taskmap.run_parallel, taskmap.run_parallel_async]
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def _live_descendants(root: int) -> set[int]:
+    """Pids of live (not zombie) processes below ``root``, read from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+            parent[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _helper_pids() -> set[int]:
+    """multiprocessing's own long-lived helpers: the forkserver and resource tracker."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
+    return {p for p in pids if p is not None}
+
+
+def _workers_left() -> set[int]:
+    """Live processes below this one, except multiprocessing's idle helpers."""
+    helpers = _helper_pids()
+    left = _live_descendants(os.getpid()) - helpers
+    # a helper's children are workers: those still count
+    return left | {p for h in helpers for p in _live_descendants(h)}
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def touch(path: str, *args: object) -> str:
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return "ok"
+
+
+def exit_hard() -> None:
+    os._exit(1)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def add(*xs: int) -> int:
+    return sum(xs)
+
+
+# -- crashes ------------------------------------------------------------------
+
+
+def crash_graph(crash, tmp_path: Path) -> taskmap.Graph:
+    log = str(tmp_path / "calls")
+    funcs = {
+        "crash": crash,
+        "child": functools.partial(touch, log + ".child"),
+        "grandchild": functools.partial(touch, log + ".grandchild"),
+        **{f"other{i}": functools.partial(touch, log + ".other") for i in range(6)},
+        "after": functools.partial(touch, log + ".after"),
+    }
+    deps = {
+        "crash": [],
+        "child": ["crash"],
+        "grandchild": ["child"],
+        **{f"other{i}": [] for i in range(6)},
+        "after": [f"other{i}" for i in range(6)],
+    }
+    return taskmap.create_graph(funcs, deps)
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+@pytest.mark.parametrize(
+    ("crash", "expected"),
+    [
+        (exit_hard, r"its worker \(pid \d+\) exited with code 1"),
+        (kill_self, r"killed by SIGKILL \(exit code -9\)"),
+        (segfault, r"killed by SIGSEGV \(exit code -11\); likely cause: a crash in native"),
+    ],
+    ids=["os._exit", "sigkill", "segfault"],
+)
+def test_worker_crash_fails_only_its_task(runner, crash, expected, tmp_path):
+    graph = runner(crash_graph(crash, tmp_path), ncores=2)
+
+    error = graph.results["crash"]
+    assert isinstance(error, WorkerCrashedError)
+    assert error.task == "crash"
+    assert str(error).startswith("task 'crash' failed: ")
+    assert error.__notes__ == ["2 descendants not run"]
+    assert re.search(expected, str(error)), str(error)
+    assert isinstance(graph.results["child"], UpstreamFailedError)
+    assert isinstance(graph.results["grandchild"], UpstreamFailedError)
+    assert not (tmp_path / "calls.child").exists()
+    assert not (tmp_path / "calls.grandchild").exists()
+    # every other task ran, on workers that include a replacement
+    assert (tmp_path / "calls.other").read_text().count("\n") == 6
+    assert graph.results["after"] == "ok"
+    assert wait_until(lambda: not _workers_left(), 5), _workers_left()
+
+
+def test_crashed_worker_is_replaced_and_runs_later_tasks(tmp_path):
+    log = tmp_path / "pids"
+    funcs = {"crash": kill_self, "later": functools.partial(touch, str(log))}
+    deps = {"crash": [], "later": []}
+    # one worker: 'later' can only run if the dead worker was replaced
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=1)
+    assert isinstance(graph.results["crash"], WorkerCrashedError)
+    assert graph.results["later"] == "ok"
+
+
+# -- pickling -------------------------------------------------------------------
+
+
+def return_lock() -> object:
+    return threading.Lock()
+
+
+class Unrebuildable(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"needs two arguments: {a}, {b}")
+
+
+def raise_unrebuildable() -> None:
+    raise Unrebuildable(1, 2)
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_unpicklable_result_fails_its_own_task(runner):
+    graph = taskmap.create_graph(
+        {"lock": return_lock, "use": identity, "fine": lambda: 1},
+        {"lock": [], "use": ["lock"], "fine": []},
+    )
+    runner(graph, ncores=1)
+    error = graph.results["lock"]
+    assert isinstance(error, SerializationError)
+    assert error.what == "result"
+    assert error.type_name == "lock"
+    assert str(error).startswith(
+        "task 'lock' returned a lock, which cannot be pickled to send it back from its worker"
+    )
+    assert isinstance(graph.results["use"], UpstreamFailedError)
+    assert graph.results["fine"] == 1
+
+
+def test_exception_that_cannot_be_rebuilt_is_reported_by_type_and_message():
+    graph = taskmap.create_graph({"bad": raise_unrebuildable}, {"bad": []})
+    taskmap.run_parallel(graph, ncores=1)
+    error = graph.results["bad"]
+    assert isinstance(error, SerializationError)
+    assert error.what == "exception"
+    assert error.type_name == "Unrebuildable"
+    assert "task 'bad' raised an Unrebuildable" in str(error)
+    assert "needs two arguments: 1, 2" in str(error)
+    assert "raise Unrebuildable(1, 2)" in str(error.__cause__)
+
+
+async def open_lock() -> object:
+    return threading.Lock()
+
+
+def test_unpicklable_input_fails_the_task_that_needs_it():
+    graph = taskmap.create_graph(
+        {"conn": open_lock, "use": identity, "fine": lambda: 2},
+        {"conn": [], "use": ["conn"], "fine": []},
+        io_bound=["conn"],
+    )
+    taskmap.run_parallel_async(graph, ncores=1)
+    error = graph.results["use"]
+    assert isinstance(error, SerializationError)
+    assert error.what == "argument 0"
+    assert str(error).startswith(
+        "task 'use' cannot be sent to a worker process: its argument 0 (a lock) cannot be pickled"
+    )
+    assert graph.results["fine"] == 2
+
+
+def test_user_exception_keeps_type_and_carries_the_worker_traceback():
+    def inner(x):
+        raise KeyError(f"missing {x}")
+
+    graph = taskmap.create_graph({"a": lambda: 7, "b": inner}, {"a": [], "b": ["a"]})
+    taskmap.run_parallel(graph, ncores=1)
+    error = graph.results["b"]
+    assert type(error) is KeyError
+    assert error.args == ("missing 7",)
+    assert 'raise KeyError(f"missing {x}")' in str(error.__cause__)
+    assert error.__notes__[0].startswith("task 'b' failed in worker process ")
+
+
+# -- values and functions ---------------------------------------------------------
+
+
+def big() -> bytes:
+    return b"x" * (50 * 1024 * 1024)
+
+
+def size(data: bytes) -> int:
+    return len(data)
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_a_50_mb_result_reaches_a_cpu_child(runner):
+    graph = runner(taskmap.create_graph({"big": big, "size": size}, {"big": [], "size": ["big"]}))
+    assert graph.results["size"] == 50 * 1024 * 1024
+
+
+async def scale(k: int, x: int) -> int:
+    await asyncio.sleep(0)
+    return k * x
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_lambdas_closures_and_partial_coroutines_run_in_workers(runner):
+    offset = 5
+
+    def closure(x):
+        return x + offset
+
+    graph = taskmap.create_graph(
+        {"a": lambda: 1, "b": closure, "c": functools.partial(scale, 10), "d": add},
+        {"a": [], "b": ["a"], "c": ["b"], "d": ["a", "b", "c"]},
+    )
+    runner(graph, ncores=2)
+    assert graph.results == {"a": 1, "b": 6, "c": 60, "d": 67}
+
+
+def test_each_function_is_shipped_once_per_worker():
+    from taskmap.backends.processes import ProcessPool
+
+    sent: list[bytes] = []
+    original = ProcessPool._function
+
+    def counting(self, task, func):
+        fid, blob = original(self, task, func)
+        sent.append(blob)
+        return fid, blob
+
+    funcs = {i: add for i in range(50)}
+    deps = {i: [] for i in range(50)}
+    ProcessPool._function = counting
+    try:
+        graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    finally:
+        ProcessPool._function = original
+    assert graph.results == {i: 0 for i in range(50)}
+    # the pool pickles the function once for all 50 tasks
+    assert len({id(b) for b in sent}) == 1
+
+
+# -- worker hygiene -------------------------------------------------------------------
+
+
+def thread_limits() -> tuple[str, str, str]:
+    return tuple(os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+
+
+def test_workers_limit_native_thread_pools(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    graph = taskmap.run_parallel(taskmap.create_graph({"t": thread_limits}, {"t": []}), ncores=1)
+    share = str(os.cpu_count())
+    assert graph.results["t"] == (share, os.environ.get("OPENBLAS_NUM_THREADS", share), "3")
+
+
+def interrupt_self() -> str:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+    return "survived"
+
+
+def test_workers_ignore_sigint():
+    graph = taskmap.run_parallel(taskmap.create_graph({"t": interrupt_self}, {"t": []}), ncores=1)
+    assert graph.results["t"] == "survived"
+
+
+def chatty(x: int) -> int:
+    print(f"printed by task {x}")
+    print("to stderr", file=sys.stderr)
+    logging.getLogger("etl.chatty").warning("logged by task %d", x)
+    return x
+
+
+def test_print_output_and_log_records_reach_the_driver(capsys, caplog):
+    graph = taskmap.create_graph({"a": lambda: 4, "c": chatty}, {"a": [], "c": ["a"]})
+    with caplog.at_level(logging.INFO, logger="etl"):
+        taskmap.run_parallel(graph, ncores=1)
+    assert graph.results["c"] == 4
+    out, err = capsys.readouterr()
+    assert "printed by task 4\n" in out
+    assert "to stderr\n" in err
+    records = [r for r in caplog.records if r.name == "etl.chatty"]
+    assert [r.getMessage() for r in records] == ["logged by task 4"]
+    assert records[0].process != os.getpid()
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_no_worker_process_is_left_after_a_run(runner):
+    graph = taskmap.create_graph({i: add for i in range(10)}, {i: [] for i in range(10)})
+    runner(graph, ncores=2)
+    assert wait_until(lambda: not _workers_left(), 5), _workers_left()
+
+
+def sleep_then(seconds: float, *args: object) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def fail_soon() -> None:
+    time.sleep(0.1)
+    raise RuntimeError("first failure")
+
+
+def test_fail_fast_kills_running_workers_and_stops():
+    graph = taskmap.create_graph(
+        {"slow": functools.partial(sleep_then, 30), "bad": fail_soon, "after": identity},
+        {"slow": [], "bad": [], "after": ["slow"]},
+    )
+    started = time.monotonic()
+    taskmap.run_parallel(graph, ncores=2, on_error="fail_fast")
+    assert time.monotonic() - started < 10
+    assert isinstance(graph.results["bad"], RuntimeError)
+    slow = graph.results["slow"]
+    assert isinstance(slow, taskmap.RunStoppedError)
+    assert slow.cancelled
+    assert str(slow) == "task 'slow' cancelled: the run stopped when 'bad' failed (fail_fast)"
+    assert isinstance(graph.results["after"], taskmap.RunStoppedError)
+    assert wait_until(lambda: not _workers_left(), 5), _workers_left()
+
+
+def test_drop_results_frees_consumed_values_but_keeps_targets_and_leaves():
+    graph = taskmap.create_graph(
+        {"a": lambda: 1, "b": lambda a: a + 1, "c": lambda b: b + 1, "d": lambda a: a * 10},
+        {"a": [], "b": ["a"], "c": ["b"], "d": ["a"]},
+    )
+    taskmap.run_parallel_async(graph, ncores=1, drop_results=True)
+    assert graph.results == {"c": 3, "d": 10}
+    assert set(graph.done) == {"a", "b", "c", "d"}
+
+
+def test_executor_replaces_the_pool_for_cpu_tasks():
+    def failing(x):
+        raise ValueError(f"remote {x}")
+
+    graph = taskmap.create_graph(
+        {"a": lambda: 3, "b": lambda a: a * 2, "c": failing}, {"a": [], "b": ["a"], "c": ["a"]}
+    )
+    with concurrent.futures.ProcessPoolExecutor(2) as executor:
+        taskmap.run_parallel_async(graph, executor=executor)
+    assert graph.results["b"] == 6
+    assert isinstance(graph.results["c"], ValueError)
+    assert 'raise ValueError(f"remote {x}")' in str(graph.results["c"].__cause__)
+
+
+def test_invalid_ncores_is_rejected():
+    graph = taskmap.create_graph({"a": add}, {"a": []})
+    with pytest.raises(ValueError, match=r"ncores must be a positive integer \(got 0\)"):
+        taskmap.run_parallel(graph, ncores=0)
+    with pytest.raises(ValueError, match=r"ncores and nprocs are the same setting"):
+        taskmap.run_parallel_async(graph, ncores=1, nprocs=2)
+
+
+# -- Ctrl-C and a killed driver (real signals, in a child interpreter) -----------
+
+DRIVER = textwrap.dedent(
+    """
+    import functools, os, sys, time
+    import taskmap
+
+    def hang(path, i):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(120)
+
+    async def wait_io():
+        import asyncio
+        await asyncio.sleep(120)
+
+    if __name__ == "__main__":
+        path = sys.argv[1]
+        funcs = {i: functools.partial(hang, path, i) for i in range(4)}
+        funcs["io"] = wait_io
+        deps = {k: [] for k in funcs}
+        graph = taskmap.create_graph(funcs, deps, io_bound=["io"])
+        try:
+            getattr(taskmap, sys.argv[2])(graph, ncores=2)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt reached the caller", flush=True)
+            raise
+    """
+)
+
+
+def _start_driver(tmp_path: Path, runner: str) -> tuple[subprocess.Popen[str], Path]:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pids), runner],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert wait_until(lambda: pids.exists() and pids.read_text().count("\n") >= 1, 20)
+    return proc, pids
+
+
+@pytest.mark.parametrize("runner", ["run_parallel", "run_parallel_async"])
+def test_ctrl_c_stops_every_worker_and_raises_keyboard_interrupt(tmp_path, runner):
+    proc, pids = _start_driver(tmp_path, runner)
+    workers = {int(p) for p in pids.read_text().split()}
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)
+    assert time.monotonic() - started < 5
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt reached the caller" in out
+    assert "KeyboardInterrupt" in err
+    assert wait_until(lambda: not any(_alive(p) for p in workers), 5)
+    assert not _live_descendants(proc.pid)
+
+
+def test_workers_die_when_the_driver_is_killed(tmp_path):
+    proc, pids = _start_driver(tmp_path, "run_parallel_async")
+    workers = {int(p) for p in pids.read_text().split()}
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert wait_until(lambda: not any(_alive(p) for p in workers), 10), [
+        p for p in workers if _alive(p)
+    ]
