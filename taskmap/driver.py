@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import CoroutineType
 from typing import Any
@@ -40,6 +40,7 @@ from .events import (
     TaskQueued,
     TaskSkipped,
     TaskStarted,
+    fan_out,
 )
 from .frontier import Frontier
 from .graph import Graph
@@ -60,16 +61,40 @@ class Outcomes:
     Mutates the graph and the frontier; call from the driver's thread only.
     """
 
-    __slots__ = ("emit", "fail_fast", "first_failed", "first_failure", "frontier", "graph", "names")
+    __slots__ = (
+        "fail_fast",
+        "first_failed",
+        "first_failure",
+        "frontier",
+        "graph",
+        "names",
+        "on_failed",
+        "on_finished",
+        "on_queued",
+        "on_run",
+        "on_skipped",
+        "on_started",
+    )
 
     def __init__(
-        self, graph: Graph, frontier: Frontier, *, fail_fast: bool, emit: Observer | None
+        self,
+        graph: Graph,
+        frontier: Frontier,
+        *,
+        fail_fast: bool,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.graph = graph
         self.frontier = frontier
         self.names = graph.plan.names
         self.fail_fast = fail_fast
-        self.emit = emit
+        # one emitter per event class, None when no observer wants it
+        self.on_run = fan_out(observers, RunStarted)
+        self.on_queued = fan_out(observers, TaskQueued)
+        self.on_started = fan_out(observers, TaskStarted)
+        self.on_finished = fan_out(observers, TaskFinished)
+        self.on_failed = fan_out(observers, TaskFailed)
+        self.on_skipped = fan_out(observers, TaskSkipped)
         self.first_failure: BaseException | None = None
         self.first_failed: Hashable = None
 
@@ -77,22 +102,22 @@ class Outcomes:
         """Emit the run's start, carry over earlier failures, and queue the first tasks."""
         for failed, skipped in self.frontier.skipped_at_start:
             self._skip(skipped, self.names[failed])
-        if self.emit is not None:
-            self.emit(RunStarted(self.graph.name, self.frontier.unfinished))
-            self.queued(self.frontier.ready())
+        if self.on_run is not None:
+            self.on_run(RunStarted(self.graph.name, self.frontier.unfinished))
+        self.queued(self.frontier.ready())
 
     def end_run(self, interrupted: bool = False) -> None:
-        if self.emit is not None:
-            self.emit(RunFinished(self.graph.name, interrupted))
+        if self.on_run is not None:
+            self.on_run(RunFinished(self.graph.name, interrupted))
 
     def queued(self, tids: list[int]) -> None:
-        if self.emit is not None:
+        if self.on_queued is not None:
             for tid in tids:
-                self.emit(TaskQueued(self.names[tid]))
+                self.on_queued(TaskQueued(self.names[tid]))
 
     def started(self, tid: int, lane: str) -> None:
-        if self.emit is not None:
-            self.emit(TaskStarted(self.names[tid], lane))
+        if self.on_started is not None:
+            self.on_started(TaskStarted(self.names[tid], lane))
 
     def succeeded(self, tid: int, value: Any) -> None:
         """Store a RUNNING task's value and queue the tasks it made ready."""
@@ -100,8 +125,9 @@ class Outcomes:
         self.graph.results[name] = value
         self.graph.done.append(name)
         newly = self.frontier.finish(tid)
-        if self.emit is not None:
-            self.emit(TaskFinished(name))
+        if self.on_finished is not None:
+            self.on_finished(TaskFinished(name))
+        if newly and self.on_queued is not None:
             self.queued(newly)
 
     def failed(self, tid: int, error: BaseException) -> None:
@@ -109,8 +135,8 @@ class Outcomes:
         name = self.names[tid]
         self.graph.results[name] = error
         self.graph.done.append(name)
-        if self.emit is not None:
-            self.emit(TaskFailed(name, error))
+        if self.on_failed is not None:
+            self.on_failed(TaskFailed(name, error))
         skipped = self.frontier.fail(tid)
         if skipped:
             count = len(skipped)
@@ -137,8 +163,8 @@ class Outcomes:
         name = self.names[tid]
         self.graph.results[name] = error
         self.graph.done.append(name)
-        if self.emit is not None:
-            self.emit(TaskSkipped(name, error))
+        if self.on_skipped is not None:
+            self.on_skipped(TaskSkipped(name, error))
 
 
 def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> None:
@@ -156,14 +182,14 @@ def drive_sync(outcomes: Outcomes) -> None:
     """Run every task in this thread, one at a time, in frontier order."""
     graph, frontier = outcomes.graph, outcomes.frontier
     names, deps, funcs, results = graph.plan.names, graph.dependencies, graph.funcs, graph.results
-    pop, succeeded, emit = frontier.pop_ready, outcomes.succeeded, outcomes.emit
+    pop, succeeded, on_started = frontier.pop_ready, outcomes.succeeded, outcomes.on_started
     runner: asyncio.Runner | None = None
     outcomes.start_run()
     try:
         while (tid := pop()) >= 0:
             name = names[tid]
             args = [r for d in deps[name] if (r := results.get(d)) is not None]
-            if emit is not None:
+            if on_started is not None:
                 outcomes.started(tid, "main")
             try:
                 value = funcs[name](*args)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "EVENT_TYPES",
     "Event",
     "Observer",
     "RunFinished",
@@ -82,10 +83,29 @@ Event = (
     RunStarted | TaskQueued | TaskStarted | TaskFinished | TaskFailed | TaskSkipped | RunFinished
 )
 Observer = Callable[[Event], None]
+"""Any callable taking an event.  It may have an ``events`` attribute, a collection of
+the event classes it wants; without one it gets every event.  The driver creates no
+event that no observer wants, so an observer interested in failures costs nothing
+per successful task."""
+
+EVENT_TYPES = (
+    RunStarted,
+    TaskQueued,
+    TaskStarted,
+    TaskFinished,
+    TaskFailed,
+    TaskSkipped,
+    RunFinished,
+)
 
 
-def fan_out(observers: Sequence[Observer]) -> Observer | None:
-    """One callable that passes each event to every observer in turn; None for no observers."""
+def fan_out(observers: Sequence[Observer], kind: type | None = None) -> Observer | None:
+    """One callable passing each event to every observer that wants ``kind`` (None: all).
+
+    Returns None when no observer wants it.
+    """
+    if kind is not None:
+        observers = [o for o in observers if kind in getattr(o, "events", EVENT_TYPES)]
     if not observers:
         return None
     if len(observers) == 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import (
+    EVENT_TYPES,
     Event,
     RunFinished,
     RunStarted,
@@ -75,10 +76,12 @@ class LogObserver:
     def __init__(self, name: str) -> None:
         self.manager, self.worker = loggers(name)
         self.pid = os.getpid()
-
-    def wanted(self) -> bool:
-        """Whether anything would be written; if not, the runner leaves this observer out."""
-        return self.manager.isEnabledFor(logging.INFO) or self.worker.isEnabledFor(logging.ERROR)
+        #: the events that would be written at the loggers' current levels
+        self.events: tuple[type, ...] = ()
+        if self.manager.isEnabledFor(logging.INFO) or self.worker.isEnabledFor(logging.INFO):
+            self.events = EVENT_TYPES
+        elif self.worker.isEnabledFor(logging.ERROR):
+            self.events = (TaskFailed,)
 
     def __call__(self, event: Event) -> None:
         pid = self.pid

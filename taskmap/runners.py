@@ -13,7 +13,7 @@ from .backends import Backend
 from .backends.executor import ExecutorBackend
 from .backends.processes import ProcessPool
 from .driver import AsyncDriver, Outcomes, drive_sync, new_event_loop
-from .events import Observer, fan_out
+from .events import Observer
 from .frontier import Frontier
 from .graph import Graph
 from .logs import LogObserver
@@ -280,12 +280,10 @@ def _prepare(
         targets=target_ids,
         priority=plan.heights() if priority else None,
     )
-    chain = list(observers)
-    log = LogObserver(graph.name)
-    if log.wanted():
-        chain.insert(0, log)
     fail_fast = on_error == "fail_fast" or raise_errors
-    return Outcomes(graph, frontier, fail_fast=fail_fast, emit=fan_out(chain))
+    return Outcomes(
+        graph, frontier, fail_fast=fail_fast, observers=[LogObserver(graph.name), *observers]
+    )
 
 
 def _finish(outcomes: Outcomes, raise_errors: bool) -> Graph:
