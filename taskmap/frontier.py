@@ -116,16 +116,18 @@ class Frontier:
                 state[tid] = _WAITING
         for tid in done:
             state[tid] = _OUT
-        self.waiting = waiting = [0] * n
-        parents = plan.parents
-        for tid in range(n):
-            if state[tid] == _WAITING:
-                waiting[tid] = sum(1 for p in parents[tid] if state[p] != _OUT)
+        # A target's ancestors are all in the run, so only tasks done before the
+        # run are dependencies a task does not wait for.
+        self.waiting = waiting = [len(ps) for ps in plan.parents]
+        children = plan.children
+        for tid in set(done):
+            for child in children[tid]:
+                waiting[child] -= 1
         self.unfinished = state.count(_WAITING)
         #: (failed id, ids it skips) for each failure carried over from an earlier run
         self.skipped_at_start = [(tid, self._skip_from([tid], _OUT)) for tid in failed]
-        for tid in range(n):
-            if state[tid] == _WAITING and not waiting[tid]:
+        for tid, w in enumerate(waiting):
+            if not w and state[tid] == _WAITING:
                 self._make_ready(tid)
 
     # -- queries ------------------------------------------------------------
