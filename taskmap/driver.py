@@ -72,6 +72,7 @@ class Outcomes:
         "on_finished",
         "on_queued",
         "on_run",
+        "on_run_end",
         "on_skipped",
         "on_started",
     )
@@ -90,6 +91,7 @@ class Outcomes:
         self.fail_fast = fail_fast
         # one emitter per event class, None when no observer wants it
         self.on_run = fan_out(observers, RunStarted)
+        self.on_run_end = fan_out(observers, RunFinished)
         self.on_queued = fan_out(observers, TaskQueued)
         self.on_started = fan_out(observers, TaskStarted)
         self.on_finished = fan_out(observers, TaskFinished)
@@ -100,15 +102,19 @@ class Outcomes:
 
     def start_run(self) -> None:
         """Emit the run's start, carry over earlier failures, and queue the first tasks."""
+        results = self.graph.results
         for failed, skipped in self.frontier.skipped_at_start:
-            self._skip(skipped, self.names[failed])
+            name = self.names[failed]
+            error = results.get(name)
+            # a carried-over skip names its root cause, not itself
+            self._skip(skipped, error.failed if isinstance(error, UpstreamFailedError) else name)
         if self.on_run is not None:
             self.on_run(RunStarted(self.graph.name, self.frontier.unfinished))
         self.queued(self.frontier.ready())
 
     def end_run(self, interrupted: bool = False) -> None:
-        if self.on_run is not None:
-            self.on_run(RunFinished(self.graph.name, interrupted))
+        if self.on_run_end is not None:
+            self.on_run_end(RunFinished(self.graph.name, interrupted))
 
     def queued(self, tids: list[int]) -> None:
         if self.on_queued is not None:
@@ -283,8 +289,22 @@ class AsyncDriver:
         """Start what may start now.  Called from the loop only."""
         frontier, backend = self.frontier, self.backend
         if backend is None:
-            while (tid := frontier.pop_ready()) >= 0:
+            # io first: start every ready io task; before calling a plain function
+            # inline (which blocks the loop), let new coroutines reach their first await.
+            yielded = False
+            while True:
+                inflight = len(self.inflight)
+                while (tid := frontier.pop_ready_io()) >= 0:
+                    self._start_here(tid)
+                if len(self.inflight) > inflight and frontier.has_ready():
+                    asyncio.get_running_loop().call_soon(self._pump)
+                    yielded = True
+                    break
+                if (tid := frontier.pop_ready_cpu()) < 0:
+                    break
                 self._start_here(tid)
+            if yielded:
+                return
         elif self.all_on_backend:
             while backend.capacity() > 0 and (tid := frontier.pop_ready()) >= 0:
                 self._start_on_backend(tid, backend)

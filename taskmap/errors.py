@@ -78,6 +78,9 @@ class CycleError(GraphError):
         path = " -> ".join(repr(n) for n in self.cycle)
         super().__init__(f"dependency cycle: {path} (each task depends on the next)")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.cycle,))
+
 
 class MissingDependencyError(GraphError):
     """A task depends on a name that is not a key of ``dependencies``.
@@ -86,7 +89,9 @@ class MissingDependencyError(GraphError):
         missing: ``{task: [names it depends on that are not tasks]}``.
     """
 
-    def __init__(self, missing: dict[Hashable, list[Hashable]], tasks: Iterable[Hashable]) -> None:
+    def __init__(
+        self, missing: dict[Hashable, list[Hashable]], tasks: Iterable[Hashable] = ()
+    ) -> None:
         self.missing = missing
         parts = []
         for task in sorted(missing, key=repr)[:_SHOWN]:
@@ -96,6 +101,9 @@ class MissingDependencyError(GraphError):
         more = len(missing) - _SHOWN
         message = "; ".join(parts) + (f"; and {more} more tasks" if more > 0 else "")
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class MissingFunctionError(GraphError):
@@ -109,6 +117,9 @@ class MissingFunctionError(GraphError):
         self.tasks = sorted(tasks, key=repr)
         noun = "task has" if len(self.tasks) == 1 else "tasks have"
         super().__init__(f"{noun} no function in funcs: {format_names(self.tasks)}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.tasks,))
 
 
 class NotCallableError(GraphError):
@@ -127,6 +138,9 @@ class NotCallableError(GraphError):
         more = len(found) - _SHOWN
         message = "funcs must map each task to a callable; not callable: " + ", ".join(parts)
         super().__init__(message + (f" and {more} more" if more > 0 else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class UnknownTaskError(GraphError, KeyError):
@@ -150,6 +164,19 @@ class UnknownTaskError(GraphError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> BaseException:
+    """Unpickle an error whose message was built from data a hint needed (no recomputing)."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class TaskError(TaskmapError):

@@ -147,11 +147,11 @@ class Graph:
 
 
 def create_graph(
-    funcs: Mapping[Task, Callable[..., Any]],
-    dependencies: Mapping[Task, Iterable[Task]],
-    io_bound: Iterable[Task] | None = None,
-    done: Iterable[Task] | None = None,
-    results: Mapping[Task, Any] | None = None,
+    funcs: Mapping[Any, Callable[..., Any]],
+    dependencies: Mapping[Any, Iterable[Any]],
+    io_bound: Iterable[Any] | None = None,
+    done: Iterable[Any] | None = None,
+    results: Mapping[Any, Any] | None = None,
     name: str = "taskmap",
     logging_config: Mapping[str, Any] | None = None,
 ) -> Graph:
@@ -200,6 +200,12 @@ def create_graph(
     results = dict(results or {})
     plan.ids("results", results)
     config = dict(logging_config or {})
+    unknown = set(config) - {"level", "write", "path"}
+    if unknown:
+        raise ValueError(
+            f"logging_config has unknown keys: {sorted(unknown)!r} "
+            "(known: 'level', 'path', 'write')"
+        )
     graph = Graph(
         funcs=dict(funcs),
         dependencies=MappingProxyType(deps),
@@ -210,9 +216,6 @@ def create_graph(
         logging_config=config,
         plan=plan,
     )
-    from .logs import configure
-
-    configure(graph.name, config)
     return graph
 
 

@@ -30,7 +30,7 @@ from .events import (
 __all__ = ["LogObserver", "configure", "in_progress", "loggers"]
 
 _FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
-_LINE = re.compile(r"pid \d+: (queueing|starting|finished|failed) task (.*?)\s*$")
+_LINE = re.compile(r"pid \d+: (queueing|starting|finished|failed|skipped) task (.*?)\s*$")
 
 
 def loggers(name: str) -> tuple[logging.Logger, logging.Logger]:
@@ -46,12 +46,6 @@ def configure(name: str, config: Mapping[str, Any]) -> None:
     ``<name>.log`` in the current directory), at level INFO unless ``'level'``
     says otherwise.
     """
-    unknown = set(config) - {"level", "write", "path"}
-    if unknown:
-        raise ValueError(
-            f"logging_config has unknown keys: {sorted(unknown)!r} "
-            "(known: 'level', 'path', 'write')"
-        )
     level = config.get("level")
     if level is None and config.get("write"):
         level = logging.INFO
@@ -95,7 +89,7 @@ class LogObserver:
             case TaskFailed(task, error):
                 self.worker.error("pid %d: failed task %s", pid, task, exc_info=error)
             case TaskSkipped(task, error):
-                self.manager.info("pid %d: skipped task %s: %s", pid, task, error)
+                self.manager.info("pid %d: skipped task %s", pid, task)
             case RunStarted(graph, tasks):
                 self.manager.info("pid %d: run of %s started: %d tasks", pid, graph, tasks)
             case RunFinished(graph, interrupted):
@@ -107,8 +101,9 @@ def in_progress(path_to_log: str | os.PathLike[str]) -> dict[str, set[str]]:
     """Read a taskmap log file and say which tasks are running and which are queued.
 
     Returns:
-        ``{'in_progress': names started and not yet finished or failed,
-        'queued': names queued and not yet started}``, as strings (a log is text).
+        ``{'in_progress': names started and not yet finished, failed or cancelled,
+        'queued': names queued and not yet started or skipped}``, as strings (a log
+        is text).
     """
     queued: set[str] = set()
     started: set[str] = set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import Literal
@@ -16,7 +16,7 @@ from .driver import AsyncDriver, Outcomes, drive_sync, new_event_loop
 from .events import Observer
 from .frontier import Frontier
 from .graph import Graph
-from .logs import LogObserver
+from .logs import LogObserver, configure
 
 __all__ = ["run", "run_async", "run_parallel", "run_parallel_async"]
 
@@ -144,7 +144,7 @@ def run_parallel(
         targets,
         on_error,
         raise_errors,
-        _backend(executor, workers, mp_context, graph.name),
+        lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=True,
         drop_results=drop_results,
     )
@@ -192,7 +192,7 @@ def run_parallel_async(
         targets,
         on_error,
         raise_errors,
-        _backend(executor, workers, mp_context, graph.name),
+        lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=False,
         drop_results=drop_results,
     )
@@ -222,12 +222,13 @@ def _run_on_loop(
     targets: Iterable[Hashable] | None,
     on_error: str,
     raise_errors: bool,
-    backend: Backend,
+    make_backend: Callable[[], Backend],
     *,
     all_on_backend: bool,
     drop_results: bool,
 ) -> Graph:
     outcomes = _prepare(graph, targets, on_error, raise_errors, priority=True)
+    backend = make_backend()
     target_ids = [] if targets is None else outcomes.graph.plan.ids("targets", _listed(targets))
     driver = AsyncDriver(
         outcomes,
@@ -280,6 +281,7 @@ def _prepare(
         targets=target_ids,
         priority=plan.heights() if priority else None,
     )
+    configure(graph.name, graph.logging_config)
     fail_fast = on_error == "fail_fast" or raise_errors
     return Outcomes(
         graph, frontier, fail_fast=fail_fast, observers=[LogObserver(graph.name), *observers]
