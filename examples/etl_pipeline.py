@@ -16,6 +16,7 @@ import asyncio
 import collections
 import functools
 import http.server
+import itertools
 import logging
 import random
 import re
@@ -29,7 +30,20 @@ from pathlib import Path
 import taskmap
 
 PAGES = 12
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+]
 
 
 class PageHandler(http.server.BaseHTTPRequestHandler):
@@ -80,7 +94,7 @@ def parse(text: str) -> dict[str, int]:
     """Transform: count words and bigrams (CPU-bound, in a worker process)."""
     words = text.split()
     counts = collections.Counter(words)
-    counts.update(f"{a}+{b}" for a, b in zip(words, words[1:], strict=False))
+    counts.update(f"{a}+{b}" for a, b in itertools.pairwise(words))
     return dict(counts)
 
 

@@ -305,14 +305,14 @@ def test_each_function_is_shipped_once_per_worker():
         sent.append(blob)
         return fid, blob
 
-    funcs = {i: add for i in range(50)}
+    funcs = dict.fromkeys(range(50), add)
     deps = {i: [] for i in range(50)}
     ProcessPool._function = counting
     try:
         graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
     finally:
         ProcessPool._function = original
-    assert graph.results == {i: 0 for i in range(50)}
+    assert graph.results == dict.fromkeys(range(50), 0)
     # the pool pickles the function once for all 50 tasks
     assert len({id(b) for b in sent}) == 1
 
@@ -321,7 +321,9 @@ def test_each_function_is_shipped_once_per_worker():
 
 
 def thread_limits() -> tuple[str, str, str]:
-    return tuple(os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+    return tuple(
+        os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    )
 
 
 def test_workers_limit_native_thread_pools(monkeypatch):
@@ -365,7 +367,7 @@ def test_print_output_and_log_records_reach_the_driver(capsys, caplog):
 
 @pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
 def test_no_worker_process_is_left_after_a_run(runner):
-    graph = taskmap.create_graph({i: add for i in range(10)}, {i: [] for i in range(10)})
+    graph = taskmap.create_graph(dict.fromkeys(range(10), add), {i: [] for i in range(10)})
     runner(graph, ncores=2)
     assert wait_until(lambda: not _workers_left(), 5), _workers_left()
 
