@@ -187,14 +187,17 @@ def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> N
 def drive_sync(outcomes: Outcomes) -> None:
     """Run every task in this thread, one at a time, in frontier order."""
     graph, frontier = outcomes.graph, outcomes.frontier
-    names, deps, funcs, results = graph.plan.names, graph.dependencies, graph.funcs, graph.results
+    names, parents, funcs = graph.plan.names, graph.plan.parents, graph.funcs
     pop, succeeded, on_started = frontier.pop_ready, outcomes.succeeded, outcomes.on_started
+    # values by id: cheaper to reach than graph.results by name on large graphs
+    get = graph.results.get
+    values = [get(name) for name in names] if graph.done else [None] * len(names)
     runner: asyncio.Runner | None = None
     outcomes.start_run()
     try:
         while (tid := pop()) >= 0:
             name = names[tid]
-            args = [r for d in deps[name] if (r := results.get(d)) is not None]
+            args = [v for p in parents[tid] if (v := values[p]) is not None]
             if on_started is not None:
                 outcomes.started(tid, "main")
             try:
@@ -207,6 +210,7 @@ def drive_sync(outcomes: Outcomes) -> None:
                 call_note(exc, name, graph, len(args))
                 outcomes.failed(tid, exc)
                 continue
+            values[tid] = value
             succeeded(tid, value)
         _check_drained(frontier)
     except BaseException:
