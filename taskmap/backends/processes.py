@@ -25,7 +25,9 @@ Rules:
 4. `aclose` leaves no process behind: stop messages when the run ended normally,
    SIGTERM then SIGKILL when it did not.  Workers are daemonic too, as a last net.
 
-State: ``workers`` every live worker; ``idle`` those without a task; each
+State: ``workers`` every live worker; ``idle`` those without a task; ``backlog``
+jobs submitted when the idle worker taken had just died (they go to the next
+worker that becomes idle, a replacement at the latest); each
 `_Worker` knows its running task (``tid``, ``future``) and the ids of the
 functions it has been sent.
 """
@@ -33,8 +35,10 @@ functions it has been sent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
+import functools
 import logging
 import multiprocessing
 import os
@@ -77,6 +81,16 @@ class _Worker:
     dead: bool = False
 
 
+@dataclass(slots=True, eq=False)
+class _Job:
+    tid: int
+    task: Hashable
+    fid: int
+    fn_blob: bytes
+    args_blob: bytes
+    future: asyncio.Future[Any]
+
+
 def get_context(method: str | BaseContext | None) -> BaseContext:
     """The multiprocessing context for workers: forkserver where there is one, else spawn.
 
@@ -113,6 +127,7 @@ class ProcessPool:
         self.state = PoolState.NEW
         self.workers: list[_Worker] = []
         self.idle: list[_Worker] = []
+        self.backlog: collections.deque[_Job] = collections.deque()
         self.functions: dict[int, tuple[Callable[..., Any], int, bytes]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = 0
@@ -146,7 +161,7 @@ class ProcessPool:
         alive_r.close()
         worker = _Worker(process, conn, alive_w, pid=process.pid)
         self.workers.append(worker)
-        self.idle.append(worker)
+        self._became_idle(worker)
         self.loop.add_reader(conn.fileno(), self._on_readable, worker)
         self.loop.add_reader(process.sentinel, self._on_exit, worker)
         # uvloop (libuv) makes a watched fd non-blocking; Connection reads and writes
@@ -192,7 +207,7 @@ class ProcessPool:
     # -- tasks --------------------------------------------------------------
 
     def capacity(self) -> int:
-        return len(self.idle)
+        return len(self.idle) - len(self.backlog)
 
     def submit(
         self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
@@ -205,14 +220,32 @@ class ProcessPool:
             args_blob = dumps(tuple(args))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
-        worker = self.idle.pop()
-        future = self.loop.create_future()
-        worker.tid, worker.task, worker.future = tid, task, future
-        future.add_done_callback(lambda f: self._on_future_done(worker, f))
-        first = fid not in worker.known
-        worker.known.add(fid)
-        worker.conn.send_bytes(dumps(("run", tid, fid, fn_blob if first else None, args_blob)))
-        return future
+        job = _Job(tid, task, fid, fn_blob, args_blob, self.loop.create_future())
+        self._dispatch(job)
+        return job.future
+
+    def _dispatch(self, job: _Job) -> None:
+        """Hand a job to an idle worker; keep it for the next one if none is left."""
+        while self.idle:
+            worker = self.idle.pop()
+            first = job.fid not in worker.known
+            message = ("run", job.tid, job.fid, job.fn_blob if first else None, job.args_blob)
+            try:
+                worker.conn.send_bytes(dumps(message))
+            except OSError:  # died since it became idle; its sentinel will replace it
+                continue
+            worker.known.add(job.fid)
+            worker.tid, worker.task, worker.future = job.tid, job.task, job.future
+            job.future.add_done_callback(functools.partial(self._on_future_done, worker))
+            return
+        self.backlog.append(job)
+
+    def _became_idle(self, worker: _Worker) -> None:
+        self.idle.append(worker)
+        while self.backlog and self.idle:
+            job = self.backlog.popleft()
+            if not job.future.done():
+                self._dispatch(job)
 
     def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self.functions.get(id(func))
@@ -257,7 +290,7 @@ class ProcessPool:
         future, task = worker.future, worker.task
         worker.tid, worker.task, worker.future = -1, None, None
         if self.state is PoolState.RUNNING:
-            self.idle.append(worker)
+            self._became_idle(worker)
         if future is None or future.done():  # cancelled meanwhile
             return
         if tag == "ok":
