@@ -42,7 +42,7 @@ from .events import (
     TaskStarted,
     fan_out,
 )
-from .frontier import Frontier
+from .frontier import Frontier, TaskState
 from .graph import Graph
 
 __all__ = ["AsyncDriver", "Outcomes", "drive_sync", "new_event_loop"]
@@ -274,7 +274,7 @@ class AsyncDriver:
         self.outcomes.start_run()
         try:
             if self.backend is not None:
-                self.backend.start()
+                self.backend.start(self._backend_tasks())
             self._pump()
             await self.finished
             _check_drained(self.frontier)
@@ -288,6 +288,16 @@ class AsyncDriver:
         if self.backend is not None:
             await self.backend.aclose(cancel=False)
         self.outcomes.end_run()
+
+    def _backend_tasks(self) -> int:
+        """How many tasks of this run go to the backend (they are all in the frontier)."""
+        state, frontier = self.frontier.state, self.frontier
+        waiting = (TaskState.WAITING, TaskState.READY)
+        return sum(
+            1
+            for tid, s in enumerate(state)
+            if s in waiting and (self.all_on_backend or not frontier.is_io(tid))
+        )
 
     def _pump(self) -> None:
         """Start what may start now.  Called from the loop only."""

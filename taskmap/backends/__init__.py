@@ -19,8 +19,9 @@ __all__ = ["Backend"]
 class Backend(Protocol):
     """Runs CPU tasks for the asyncio driver.  Used from the driver's loop only."""
 
-    def start(self) -> None:
-        """Start (from the driver's running loop) before the first `submit`."""
+    def start(self, tasks: int) -> None:
+        """Start (from the driver's running loop) before the first `submit`; ``tasks``
+        is how many tasks the run may send (a pool need not start more workers)."""
         ...
 
     def capacity(self) -> int:

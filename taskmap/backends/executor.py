@@ -34,7 +34,7 @@ class ExecutorBackend:
         self.inflight: set[asyncio.Future[Any]] = set()
         self.functions: dict[int, tuple[Callable[..., Any], bytes]] = {}
 
-    def start(self) -> None:
+    def start(self, tasks: int) -> None:
         """Nothing to start: the executor is already running."""
 
     def capacity(self) -> int:

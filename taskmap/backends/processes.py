@@ -104,8 +104,14 @@ def get_context(method: str | BaseContext | None) -> BaseContext:
         method = "forkserver" if "forkserver" in available else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        # Workers fork from a server that has already imported what they need.
-        context.set_forkserver_preload(["taskmap.worker"])
+        # Workers fork from a server that has already imported what they need.  Add
+        # to the application's preload list, never replace it (effective only if the
+        # server has not started yet).
+        from multiprocessing import forkserver
+
+        preload = list(getattr(forkserver._forkserver, "_preload_modules", []))
+        if "taskmap.worker" not in preload:
+            context.set_forkserver_preload([*preload, "taskmap.worker"])
     return context
 
 
@@ -135,13 +141,14 @@ class ProcessPool:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the workers on the running loop; they handshake in the background."""
+    def start(self, tasks: int) -> None:
+        """Start the workers on the running loop; no more than ``tasks`` of them (a
+        1-task run starts one).  They handshake in the background."""
         if self.state is not PoolState.NEW:
             raise RuntimeError(f"cannot start a pool that is {self.state.value}")
         self.loop = asyncio.get_running_loop()
         self.state = PoolState.RUNNING
-        for _ in range(self.n):
+        for _ in range(max(1, min(self.n, tasks))):
             self._spawn()
 
     def _spawn(self) -> None:
@@ -261,19 +268,18 @@ class ProcessPool:
 
     # -- events from the loop -----------------------------------------------
 
-    def _on_readable(self, worker: _Worker) -> None:
-        conn = worker.conn
-        while True:
-            try:
-                message = loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                # The worker is gone; its sentinel says how.  Stop reading the pipe.
-                assert self.loop is not None
-                self.loop.remove_reader(conn.fileno())
-                return
-            self._handle(worker, message)
-            if worker.dead or not conn.poll():
-                return
+    def _on_readable(self, worker: _Worker) -> bool:
+        """Read and handle one message (the loop calls again while more are waiting:
+        its readers are level-triggered).  Return False once the pipe is closed."""
+        try:
+            message = loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            # The worker is gone; its sentinel says how.  Stop reading the pipe.
+            assert self.loop is not None
+            self.loop.remove_reader(worker.conn.fileno())
+            return False
+        self._handle(worker, message)
+        return True
 
     def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
         tag = message[0]
@@ -309,8 +315,8 @@ class ProcessPool:
         """A worker's process ended: record what it sent, fail its task, replace it."""
         if worker.dead:
             return
-        if worker.conn.poll():
-            self._on_readable(worker)
+        while worker.conn.poll() and self._on_readable(worker):
+            pass  # what it sent before dying (a result, output, logs)
         worker.dead = True
         self._unwatch(worker)
         worker.process.join(1.0)
