@@ -299,6 +299,13 @@ class AsyncDriver:
             if s in waiting and (self.all_on_backend or not frontier.is_io(tid))
         )
 
+    def _guarded_pump(self) -> None:
+        try:
+            self._pump()
+        except Exception as exc:  # as in _on_done: never a hang
+            if self.finished is not None and not self.finished.done():
+                self.finished.set_exception(exc)
+
     def _pump(self) -> None:
         """Start what may start now.  Called from the loop only."""
         frontier, backend = self.frontier, self.backend
@@ -311,7 +318,7 @@ class AsyncDriver:
                 while (tid := frontier.pop_ready_io()) >= 0:
                     self._start_here(tid)
                 if len(self.inflight) > inflight and frontier.has_ready():
-                    asyncio.get_running_loop().call_soon(self._pump)
+                    asyncio.get_running_loop().call_soon(self._guarded_pump)
                     yielded = True
                     break
                 if (tid := frontier.pop_ready_cpu()) < 0:
@@ -386,6 +393,15 @@ class AsyncDriver:
         future.add_done_callback(lambda f: self._on_done(tid, f))
 
     def _on_done(self, tid: int, future: asyncio.Future[Any]) -> None:
+        # A loop callback's exception would only be logged by the loop, and the run
+        # would wait forever: end the run with it instead (never a hang).
+        try:
+            self._record(tid, future)
+        except Exception as exc:
+            if self.finished is not None and not self.finished.done():
+                self.finished.set_exception(exc)
+
+    def _record(self, tid: int, future: asyncio.Future[Any]) -> None:
         del self.inflight[tid]
         if self.finished is None or self.finished.done():  # aborting: leave it unrecorded
             return

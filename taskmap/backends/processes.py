@@ -169,8 +169,8 @@ class ProcessPool:
         worker = _Worker(process, conn, alive_w, pid=process.pid)
         self.workers.append(worker)
         self._became_idle(worker)
-        self.loop.add_reader(conn.fileno(), self._on_readable, worker)
-        self.loop.add_reader(process.sentinel, self._on_exit, worker)
+        self.loop.add_reader(conn.fileno(), self._guarded, self._on_readable, worker)
+        self.loop.add_reader(process.sentinel, self._guarded, self._on_exit, worker)
         # uvloop (libuv) makes a watched fd non-blocking; Connection reads and writes
         # whole messages and needs it blocking (a 50 MB message is read in one go).
         os.set_blocking(conn.fileno(), True)
@@ -267,6 +267,17 @@ class ProcessPool:
         return entry[1], entry[2]
 
     # -- events from the loop -----------------------------------------------
+
+    def _guarded(self, callback: Callable[[_Worker], object], worker: _Worker) -> None:
+        """Run a reader callback; an exception (a bug, a message that cannot be read)
+        fails the worker's task instead of vanishing into the loop's log (no hang)."""
+        try:
+            callback(worker)
+        except Exception as exc:
+            future = worker.future
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            _signal(worker.process, "kill")  # its sentinel replaces it
 
     def _on_readable(self, worker: _Worker) -> bool:
         """Read and handle one message (the loop calls again while more are waiting:
