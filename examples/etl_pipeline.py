@@ -6,8 +6,8 @@ processes, aggregate, and load the result into SQLite.
 It starts its own HTTP server on 127.0.0.1 (a thread serving generated pages), so
 it needs no network.  The fetches are io-bound coroutines on the driver's event
 loop, the parsing is CPU work in worker processes, the load is an io-bound plain
-function in a thread.  Run it twice and it does the same work again (checkpointing
-comes in a later release); break a page and only that branch fails.
+function in a thread.  If a page fails, only its branch (and the aggregate that
+needs every page) is not run: the run says which, and the exit status is 1.
 """
 
 from __future__ import annotations
