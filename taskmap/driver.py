@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
+import threading
 from collections.abc import Callable, Collection, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import CoroutineType
+from types import CoroutineType, FrameType
 from typing import Any
 
 from .backends import Backend
@@ -260,6 +262,7 @@ class AsyncDriver:
         self.inflight: dict[int, asyncio.Future[Any]] = {}
         self.threads: ThreadPoolExecutor | None = None
         self.finished: asyncio.Future[None] | None = None
+        self.inline_call = False  # a plain function is running on the loop right now
         # drop_results: how many children of each task have yet to take its result
         self.consumers: list[int] | None = None
         if drop_results:
@@ -271,6 +274,7 @@ class AsyncDriver:
         """Run until every task is done; on cancellation cancel in-flight tasks and re-raise."""
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
+        restore_sigint = self._interrupt_inline_calls()
         self.outcomes.start_run()
         try:
             if self.backend is not None:
@@ -283,11 +287,37 @@ class AsyncDriver:
             self.outcomes.end_run(interrupted=True)
             raise
         finally:
+            restore_sigint()
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
         if self.backend is not None:
             await self.backend.aclose(cancel=False)
         self.outcomes.end_run()
+
+    def _interrupt_inline_calls(self) -> Callable[[], None]:
+        """Make Ctrl-C interrupt a plain function running inline on the loop.
+
+        asyncio.Runner's SIGINT handler only cancels the main task, which cannot
+        happen while a plain function blocks the loop: the first Ctrl-C would wait
+        for the function to return.  While one runs, raise KeyboardInterrupt in it
+        at once, as `run` does; otherwise defer to the Runner.  Returns the undo.
+        """
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or not callable(previous):
+            return lambda: None
+
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
+            if self.inline_call:
+                raise KeyboardInterrupt
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, on_sigint)
+
+        def restore() -> None:
+            if signal.getsignal(signal.SIGINT) is on_sigint:
+                signal.signal(signal.SIGINT, previous)
+
+        return restore
 
     def _backend_tasks(self) -> int:
         """How many tasks of this run go to the backend (they are all in the frontier)."""
@@ -366,12 +396,15 @@ class AsyncDriver:
             self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
             return
         outcomes.started(tid, "loop")
+        self.inline_call = True
         try:
             value = func(*args)
         except Exception as exc:
             call_note(exc, name, graph, len(args))
             self._failed(tid, exc)
             return
+        finally:
+            self.inline_call = False
         if type(value) is CoroutineType:
             self._watch(tid, asyncio.ensure_future(value))
         else:

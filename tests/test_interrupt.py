@@ -1,0 +1,63 @@
+"""Ctrl-C (a real SIGINT to a driver process) stops every runner, raises
+KeyboardInterrupt to the caller, and keeps what had already finished."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+DRIVER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    import taskmap
+
+    def quick():
+        return "kept"
+
+    def block(quick):
+        print("blocking", flush=True)
+        time.sleep(60)
+
+    async def wait(quick):
+        print("blocking", flush=True)
+        await asyncio.sleep(60)
+
+    graph = taskmap.create_graph(
+        {"quick": quick, "block": block, "wait": wait},
+        {"quick": [], "block": ["quick"], "wait": ["quick"]},
+        io_bound=["wait"],
+    )
+    try:
+        getattr(taskmap, sys.argv[1])(graph)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt; done:", sorted(graph.done), graph.results["quick"], flush=True)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("runner", ["run", "run_async", "run_parallel", "run_parallel_async"])
+def test_ctrl_c_raises_keyboard_interrupt_and_keeps_finished_results(tmp_path: Path, runner: str):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), runner],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "blocking\n"  # a task is running now
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert time.monotonic() - sent < 5, "Ctrl-C took too long"
+    assert proc.returncode == 3, err
+    assert "KeyboardInterrupt; done: ['quick'] kept" in out
