@@ -9,7 +9,7 @@ a pickled tuple whose first item is its tag::
     driver -> worker   ("run", tid, fid, function bytes or None, argument bytes)
                        ("stop",)
     worker -> driver   ("ready", pid)
-                       ("ok", tid, result bytes)
+                       ("ok", tid, result bytes, seconds the call took)
                        ("err", tid, exception bytes or None, type name, message, traceback text)
                        ("unpicklable", tid, result type name, why)
                        ("out", stream number, text)        print output, line by line
@@ -41,6 +41,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -153,6 +154,7 @@ def main(
                 if fn_blob is not None:
                     functions[fid] = loads(fn_blob)
                 args = loads(args_blob)
+                started = time.perf_counter()
                 try:
                     value = functions[fid](*args)
                 except TypeError as exc:
@@ -167,7 +169,7 @@ def main(
                 reply = _error_reply(tid, exc)
             else:
                 try:
-                    reply = ("ok", tid, dumps(value))
+                    reply = ("ok", tid, dumps(value), time.perf_counter() - started)
                 except Exception as exc:
                     reply = ("unpicklable", tid, type(value).__qualname__, str(exc))
             sys.stdout.flush()

@@ -9,7 +9,7 @@ sentinel (death), so the driver never polls and never blocks waiting.
 ::
 
     driver loop ── submit(tid) ─► pickle function (once per function) and arguments
-        │                         └─► idle worker's pipe ─► worker.main runs it
+        │                         └─► a free worker's pipe ─► worker.main runs it
         │
         ├── pipe readable ──► "ok" / "err" / "unpicklable" ─► the task's future
         │                     "out" / "log" ─► driver's sys.stdout/stderr, loggers
@@ -25,9 +25,16 @@ Rules:
 4. `aclose` leaves no process behind: stop messages when the run ended normally,
    SIGTERM then SIGKILL when it did not.  Workers are daemonic too, as a last net.
 
-State: ``workers`` every live worker; ``idle`` those without a task; ``backlog``
-jobs submitted when the idle worker taken had just died (they go to the next
-worker that becomes idle, a replacement at the latest); each
+Rule 5: a worker runs one task at a time.  While tasks are tiny (their mean
+duration, as workers time them, under ``PREFETCH_BELOW``) it may also hold the
+next job in its pipe, so it never idles through the round trip via the driver;
+longer tasks are never queued behind one another.  A queued job never started:
+if its worker dies it goes to another; if it is cancelled it runs and is ignored.
+
+State: ``workers`` every live worker; each `_Worker` holds ``jobs``, the jobs sent
+and not yet answered (the first is running); ``backlog`` holds jobs no worker had
+room for at the instant they were sent (their worker had just died), sent on as
+soon as one has; ``mean_duration`` the running mean of task durations; each
 `_Worker` knows its running task (``tid``, ``future``) and the ids of the
 functions it has been sent.
 """
@@ -60,6 +67,9 @@ from ..worker import RemoteTraceback, dumps, loads
 __all__ = ["ProcessPool", "get_context"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: Rule 5: below this mean task duration (seconds) a worker gets its next job queued
+#: while it runs one, so it never waits for the round trip through the driver.
+PREFETCH_BELOW = 0.002
 
 
 class PoolState(enum.Enum):
@@ -74,9 +84,7 @@ class _Worker:
     conn: Connection
     alive: Connection  # the driver's end of the watchdog pipe; never written
     pid: int | None = None
-    tid: int = -1
-    task: Hashable = None
-    future: asyncio.Future[Any] | None = None
+    jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     known: set[int] = field(default_factory=set)
     dead: bool = False
 
@@ -132,7 +140,7 @@ class ProcessPool:
         self.context = get_context(context)
         self.state = PoolState.NEW
         self.workers: list[_Worker] = []
-        self.idle: list[_Worker] = []
+        self.mean_duration: float | None = None  # of recent tasks, as workers time them
         self.backlog: collections.deque[_Job] = collections.deque()
         self.functions: dict[int, tuple[Callable[..., Any], int, bytes]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -168,7 +176,7 @@ class ProcessPool:
         alive_r.close()
         worker = _Worker(process, conn, alive_w, pid=process.pid)
         self.workers.append(worker)
-        self._became_idle(worker)
+        self._drain_backlog()
         self.loop.add_reader(conn.fileno(), self._guarded, self._on_readable, worker)
         self.loop.add_reader(process.sentinel, self._guarded, self._on_exit, worker)
         # uvloop (libuv) makes a watched fd non-blocking; Connection reads and writes
@@ -180,12 +188,13 @@ class ProcessPool:
         if self.state is PoolState.CLOSED:
             return
         self.state = PoolState.CLOSED
-        workers, self.workers, self.idle = self.workers, [], []
+        workers, self.workers = self.workers, []
         for w in workers:
             self._unwatch(w)
-            if w.future is not None and not w.future.done():
-                w.future.cancel()
-            if cancel or w.tid >= 0:
+            busy = bool(w.jobs)
+            for job in w.jobs:
+                job.future.cancel()
+            if cancel or busy:
                 _signal(w.process, "terminate")
             else:
                 with contextlib.suppress(OSError):
@@ -209,50 +218,61 @@ class ProcessPool:
             w.process.join(2.0)
             w.conn.close()
             w.alive.close()
-        self.workers, self.idle = [], []
+        self.workers = []
 
     # -- tasks --------------------------------------------------------------
 
     def capacity(self) -> int:
-        return len(self.idle) - len(self.backlog)
+        depth = self._depth()
+        free = sum(max(0, depth - len(w.jobs)) for w in self.workers if not w.dead)
+        return free - len(self.backlog)
+
+    def _depth(self) -> int:
+        """Jobs a worker may hold: 1, or 2 while tasks are tiny (see Rule 5)."""
+        mean = self.mean_duration
+        return 2 if mean is not None and mean < PREFETCH_BELOW else 1
 
     def submit(
         self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
     ) -> asyncio.Future[Any]:
-        """Send a task to an idle worker.  Raises SerializationError before taking one."""
+        """Send a task to a worker with room.  Raises SerializationError before taking one."""
         assert self.loop is not None
-        assert self.idle, "submit() needs capacity()"
         fid, fn_blob = self._function(task, func)
         try:
             args_blob = dumps(tuple(args))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
         job = _Job(tid, task, fid, fn_blob, args_blob, self.loop.create_future())
-        self._dispatch(job)
+        if not self._dispatch(job):
+            self.backlog.append(job)
         return job.future
 
-    def _dispatch(self, job: _Job) -> None:
-        """Hand a job to an idle worker; keep it for the next one if none is left."""
-        while self.idle:
-            worker = self.idle.pop()
+    def _dispatch(self, job: _Job) -> bool:
+        """Send a job to the least busy worker with room; False if none has room."""
+        depth = self._depth()
+        for worker in sorted(self.workers, key=lambda w: len(w.jobs)):
+            if worker.dead or len(worker.jobs) >= depth:
+                continue
             first = job.fid not in worker.known
             message = ("run", job.tid, job.fid, job.fn_blob if first else None, job.args_blob)
             try:
                 worker.conn.send_bytes(dumps(message))
-            except OSError:  # died since it became idle; its sentinel will replace it
+            except OSError:  # died just now; its sentinel will replace it
                 continue
             worker.known.add(job.fid)
-            worker.tid, worker.task, worker.future = job.tid, job.task, job.future
-            job.future.add_done_callback(functools.partial(self._on_future_done, worker))
-            return
-        self.backlog.append(job)
+            worker.jobs.append(job)
+            job.future.add_done_callback(functools.partial(self._on_future_done, worker, job))
+            return True
+        return False
 
-    def _became_idle(self, worker: _Worker) -> None:
-        self.idle.append(worker)
-        while self.backlog and self.idle:
-            job = self.backlog.popleft()
-            if not job.future.done():
-                self._dispatch(job)
+    def _drain_backlog(self) -> None:
+        """Send waiting jobs to workers with room (after a result or a new worker)."""
+        while self.backlog:
+            job = self.backlog[0]
+            if job.future.done() or self._dispatch(job):
+                self.backlog.popleft()
+            else:
+                return
 
     def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self.functions.get(id(func))
@@ -274,9 +294,8 @@ class ProcessPool:
         try:
             callback(worker)
         except Exception as exc:
-            future = worker.future
-            if future is not None and not future.done():
-                future.set_exception(exc)
+            if worker.jobs and not worker.jobs[0].future.done():
+                worker.jobs[0].future.set_exception(exc)
             _signal(worker.process, "kill")  # its sentinel replaces it
 
     def _on_readable(self, worker: _Worker) -> bool:
@@ -304,11 +323,15 @@ class ProcessPool:
         if tag == "ready":
             worker.pid = message[1]
             return
-        future, task = worker.future, worker.task
-        worker.tid, worker.task, worker.future = -1, None, None
+        job = worker.jobs.popleft()
+        future, task = job.future, job.task
+        if tag == "ok":
+            duration: float = message[3]
+            mean = self.mean_duration
+            self.mean_duration = duration if mean is None else 0.8 * mean + 0.2 * duration
         if self.state is PoolState.RUNNING:
-            self._became_idle(worker)
-        if future is None or future.done():  # cancelled meanwhile
+            self._drain_backlog()
+        if future.done():  # cancelled meanwhile
             return
         if tag == "ok":
             try:
@@ -333,21 +356,24 @@ class ProcessPool:
         worker.process.join(1.0)
         if worker in self.workers:
             self.workers.remove(worker)
-        if worker in self.idle:
-            self.idle.remove(worker)
-        future = worker.future
-        if future is not None and not future.done():
-            future.set_exception(
-                WorkerCrashedError(worker.task, worker.pid, worker.process.exitcode)
-            )
+        if worker.jobs:
+            running = worker.jobs.popleft()
+            if not running.future.done():
+                running.future.set_exception(
+                    WorkerCrashedError(running.task, worker.pid, worker.process.exitcode)
+                )
+            # jobs queued behind it never started: they go to the next worker
+            self.backlog.extendleft(reversed(worker.jobs))
+            worker.jobs.clear()
         worker.conn.close()
         worker.alive.close()
         if self.state is PoolState.RUNNING:
             self._spawn()
 
-    def _on_future_done(self, worker: _Worker, future: asyncio.Future[Any]) -> None:
-        # Rule 3: the driver cancelled a running task (fail_fast, timeout): kill the worker.
-        if future.cancelled() and worker.future is future and not worker.dead:
+    def _on_future_done(self, worker: _Worker, job: _Job, future: asyncio.Future[Any]) -> None:
+        # Rule 3: the driver cancelled a running task (fail_fast, timeout): kill the
+        # worker.  A job still queued behind another is left to run and be ignored.
+        if future.cancelled() and worker.jobs and worker.jobs[0] is job and not worker.dead:
             _signal(worker.process, "kill")
 
     def _unwatch(self, worker: _Worker) -> None:

@@ -499,3 +499,58 @@ def test_workers_die_when_the_driver_is_killed(tmp_path):
     assert wait_until(lambda: not any(_alive(p) for p in workers), 10), [
         p for p in workers if _alive(p)
     ]
+
+
+# -- prefetching tiny tasks --------------------------------------------------------
+
+
+def tiny(*args: object) -> str:
+    return "ok"
+
+
+def test_a_job_queued_behind_a_crashing_task_runs_on_the_replacement(monkeypatch):
+    from taskmap.backends.processes import ProcessPool
+
+    queued_at_crash: list[int] = []
+    original = ProcessPool._on_exit
+
+    def spy(self, worker):
+        if not worker.dead:
+            queued_at_crash.append(len(worker.jobs))
+        original(self, worker)
+
+    monkeypatch.setattr(ProcessPool, "_on_exit", spy)
+    funcs = {f"tiny{i}": tiny for i in range(30)}
+    funcs["crash"] = kill_self
+    funcs.update({f"after{i}": tiny for i in range(5)})
+    graph = taskmap.create_graph(funcs, {name: [] for name in funcs})
+    # one worker, tasks handed out in id order: tiny tasks make the pool prefetch,
+    # so 'after0' sits in the pipe behind 'crash' when the worker dies
+    taskmap.run_parallel(graph, ncores=1)
+    assert queued_at_crash == [2]
+    assert isinstance(graph.results["crash"], WorkerCrashedError)
+    assert all(graph.results[f"after{i}"] == "ok" for i in range(5))
+    assert all(graph.results[f"tiny{i}"] == "ok" for i in range(30))
+
+
+def slow_task(*args: object) -> str:
+    time.sleep(0.05)
+    return "slow"
+
+
+def test_longer_tasks_are_never_queued_behind_one_another(monkeypatch):
+    from taskmap.backends.processes import ProcessPool
+
+    depths: list[int] = []
+    original = ProcessPool._dispatch
+
+    def spy(self, job):
+        sent = original(self, job)
+        depths.append(max(len(w.jobs) for w in self.workers))
+        return sent
+
+    monkeypatch.setattr(ProcessPool, "_dispatch", spy)
+    funcs = dict.fromkeys(range(8), slow_task)
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, {i: [] for i in funcs}), ncores=2)
+    assert all(v == "slow" for v in graph.results.values())
+    assert max(depths) == 1
