@@ -139,6 +139,19 @@ class Graph:
         results = self.results
         return [t for t in self.done if isinstance(results.get(t), Exception)]
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # The read-only dependencies and the plan are rebuilt (and revalidated) on load.
+        state = (
+            self.funcs,
+            dict(self.dependencies),
+            list(self.io_bound),
+            self.done,
+            self.results,
+            self.name,
+            self.logging_config,
+        )
+        return (_restore, state)
+
     def __repr__(self) -> str:
         return (
             f"<Graph {self.name!r}: {len(self.dependencies)} tasks, {len(self.done)} done,"
@@ -216,6 +229,20 @@ def create_graph(
         logging_config=config,
         plan=plan,
     )
+    return graph
+
+
+def _restore(
+    funcs: dict[Task, Callable[..., Any]],
+    dependencies: dict[Task, tuple[Task, ...]],
+    io_bound: list[Task],
+    done: list[Task],
+    results: dict[Task, Any],
+    name: str,
+    logging_config: dict[str, Any],
+) -> Graph:
+    graph = create_graph(funcs, dependencies, io_bound, (), results, name, logging_config)
+    graph.done[:] = done  # done may name tasks whose result was dropped: keep it as it was
     return graph
 
 

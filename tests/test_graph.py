@@ -452,3 +452,34 @@ def test_a_long_cycle_is_found_without_recursion() -> None:
     with pytest.raises(CycleError) as excinfo:
         graph_of(deps)
     assert len(excinfo.value.cycle) == N + 1
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _one() -> int:
+    return 1
+
+
+def test_a_graph_survives_pickling_with_its_results_and_reruns() -> None:
+    import pickle
+
+    import taskmap
+
+    graph = taskmap.run(
+        taskmap.create_graph(
+            {"a": _one, "b": _double, "c": _double},
+            {"a": [], "b": ["a"], "c": ["b"]},
+            io_bound=["a"],
+            name="saved",
+        )
+    )
+    loaded = pickle.loads(pickle.dumps(graph))
+    assert loaded.results == {"a": 1, "b": 2, "c": 4}
+    assert loaded.done == ["a", "b", "c"]
+    assert loaded.io_bound == frozenset({"a"})
+    assert loaded.name == "saved"
+    assert dict(loaded.dependencies) == {"a": (), "b": ("a",), "c": ("b",)}
+    taskmap.reset_tasks(loaded, ["b"])
+    assert taskmap.run(loaded).results == {"a": 1, "b": 2, "c": 4}
