@@ -23,13 +23,14 @@ thread future records the outcome and starts what became READY.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import signal
 import threading
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import CoroutineType, FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from .backends import Backend
 from .errors import RunStoppedError, TaskError, UpstreamFailedError
@@ -47,7 +48,9 @@ from .events import (
 from .frontier import Frontier, TaskState
 from .graph import Graph
 
-__all__ = ["AsyncDriver", "Outcomes", "drive_sync", "new_event_loop"]
+__all__ = ["AsyncDriver", "EventLoop", "Outcomes", "drive_sync", "new_event_loop"]
+
+T = TypeVar("T")
 
 try:  # uvloop is a dependency where the platform has it
     import uvloop
@@ -55,6 +58,77 @@ try:  # uvloop is a dependency where the platform has it
     new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
 except ImportError:  # pragma: no cover - platforms without uvloop
     new_event_loop = asyncio.new_event_loop
+
+
+class EventLoop:
+    """An asyncio event loop to run coroutines to completion from synchronous code.
+
+    It runs in this thread (an `asyncio.Runner`, uvloop when installed) unless this
+    thread already runs an event loop, as in Jupyter: then in a daemon helper
+    thread, and the caller blocks until the coroutine is done.  Ctrl-C while waiting
+    cancels the coroutine, gives it two seconds to wind down (a plain function
+    blocking the helper's loop cannot be interrupted from here) and raises
+    KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.runner: asyncio.Runner | None = None
+        self.helper: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.loop = loop = new_event_loop()
+        self.helper = threading.Thread(target=loop.run_forever, name="taskmap-loop", daemon=True)
+        self.helper.start()
+
+    def __enter__(self) -> EventLoop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.loop is None:
+            if self.runner is None:
+                self.runner = asyncio.Runner(loop_factory=new_event_loop)
+            return self.runner.run(coro)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            with _ctrl_c_raises():
+                return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=2)
+            raise
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+        loop, helper, self.loop, self.helper = self.loop, self.helper, None, None
+        if loop is not None and helper is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            helper.join(2)
+            if not helper.is_alive():
+                loop.close()
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """While blocked waiting for the helper thread, let Ctrl-C raise KeyboardInterrupt
+    at once: the running loop's own handler would only cancel its task, which cannot
+    run while this thread waits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Outcomes:
@@ -194,7 +268,7 @@ def drive_sync(outcomes: Outcomes) -> None:
     # values by id: cheaper to reach than graph.results by name on large graphs
     get = graph.results.get
     values = [get(name) for name in names] if graph.done else [None] * len(names)
-    runner: asyncio.Runner | None = None
+    loop: EventLoop | None = None
     outcomes.start_run()
     try:
         while (tid := pop()) >= 0:
@@ -205,9 +279,9 @@ def drive_sync(outcomes: Outcomes) -> None:
             try:
                 value = funcs[name](*args)
                 if type(value) is CoroutineType:
-                    if runner is None:
-                        runner = asyncio.Runner(loop_factory=new_event_loop)
-                    value = runner.run(value)
+                    if loop is None:
+                        loop = EventLoop()
+                    value = loop.run(value)
             except Exception as exc:
                 call_note(exc, name, graph, len(args))
                 outcomes.failed(tid, exc)
@@ -219,8 +293,8 @@ def drive_sync(outcomes: Outcomes) -> None:
         outcomes.end_run(interrupted=True)
         raise
     finally:
-        if runner is not None:
-            runner.close()
+        if loop is not None:
+            loop.close()
     outcomes.end_run()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor
@@ -12,7 +11,7 @@ from typing import Literal
 from .backends import Backend
 from .backends.executor import ExecutorBackend
 from .backends.processes import ProcessPool
-from .driver import AsyncDriver, Outcomes, drive_sync, new_event_loop
+from .driver import AsyncDriver, EventLoop, Outcomes, drive_sync
 from .events import Observer
 from .frontier import Frontier
 from .graph import Graph
@@ -90,8 +89,8 @@ def run_async(
         The same graph, with ``results`` and ``done`` filled.
     """
     outcomes = _prepare(graph, targets, on_error, raise_errors)
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(AsyncDriver(outcomes).arun())
+    with EventLoop() as loop:
+        loop.run(AsyncDriver(outcomes).arun())
     return _finish(outcomes, raise_errors)
 
 
@@ -238,8 +237,8 @@ def _run_on_loop(
         targets=target_ids,
     )
     try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(driver.arun())
+        with EventLoop() as loop:
+            loop.run(driver.arun())
     finally:
         if isinstance(backend, ProcessPool):
             backend.close_now()  # a second Ctrl-C can cut aclose short: no orphans

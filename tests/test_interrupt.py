@@ -33,8 +33,14 @@ DRIVER = textwrap.dedent(
         {"quick": [], "block": ["quick"], "wait": ["quick"]},
         io_bound=["wait"],
     )
+    async def notebook_cell():  # as in Jupyter: this thread already runs a loop
+        return getattr(taskmap, sys.argv[1])(graph)
+
     try:
-        getattr(taskmap, sys.argv[1])(graph)
+        if len(sys.argv) > 2:
+            asyncio.run(notebook_cell())
+        else:
+            getattr(taskmap, sys.argv[1])(graph)
     except KeyboardInterrupt:
         print("KeyboardInterrupt; done:", sorted(graph.done), graph.results["quick"], flush=True)
         sys.exit(3)
@@ -43,12 +49,15 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("inside_a_loop", [False, True], ids=["plain", "inside-a-loop"])
 @pytest.mark.parametrize("runner", ["run", "run_async", "run_parallel", "run_parallel_async"])
-def test_ctrl_c_raises_keyboard_interrupt_and_keeps_finished_results(tmp_path: Path, runner: str):
+def test_ctrl_c_raises_keyboard_interrupt_and_keeps_finished_results(
+    tmp_path: Path, runner: str, inside_a_loop: bool
+):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), runner],
+        [sys.executable, str(script), runner, *(["loop"] if inside_a_loop else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -461,3 +461,26 @@ def test_run_async_fail_fast_cancels_a_running_coroutine() -> None:
     assert str(cancelled) == "task 'slow' cancelled: the run stopped when 'bad' failed (fail_fast)"
     assert isinstance(graph.results["after"], RunStoppedError)
     assert not graph.results["after"].cancelled
+
+
+async def _twice_later(x: int) -> int:
+    await asyncio.sleep(0.01)
+    return 2 * x
+
+
+def test_every_runner_works_inside_a_running_event_loop(runner) -> None:
+    """As in Jupyter: the caller's thread already runs a loop; the runner still blocks
+    until done and returns the results."""
+
+    async def notebook_cell() -> taskmap.Graph:
+        graph = taskmap.create_graph(
+            {"a": _one_for_loop_test, "b": _twice_later}, {"a": [], "b": ["a"]}, io_bound=["b"]
+        )
+        return runner(graph)
+
+    graph = asyncio.run(notebook_cell())
+    assert graph.results == {"a": 1, "b": 2}
+
+
+def _one_for_loop_test() -> int:
+    return 1
