@@ -6,19 +6,23 @@ A worker is one process running `main`.  It talks to the driver over one duplex
 pipe of length-prefixed messages (`multiprocessing.connection.Connection`), each
 a pickled tuple whose first item is its tag::
 
-    driver -> worker   ("run", tid, fid, function bytes or None, argument bytes)
+    driver -> worker   ("fn", fid, function bytes)          before its first use there
+                       ("run", tid, fid, arguments)
                        ("stop",)
     worker -> driver   ("ready", pid)
-                       ("ok", tid, result bytes, seconds the call took)
+                       ("ok", tid, result, seconds the call took)
                        ("err", tid, exception bytes or None, type name, message, traceback text)
                        ("unpicklable", tid, result type name, why)
+                       ("badinput", why)            a "run" whose arguments cannot be rebuilt
                        ("out", stream number, text)        print output, line by line
                        ("log", logging.LogRecord)          records of the task's loggers
 
 Rules:
 1. A function crosses once per worker (``fid``); the worker keeps it by id.
 2. Arguments and results cross with `dumps`/`loads` below, the only pickling for the
-   wire (cloudpickle where plain pickle cannot: lambdas, closures, local classes).
+   wire (cloudpickle where plain pickle cannot: lambdas, closures, local classes),
+   pickled once with their message: a large value is not copied twice.
+   Every "run" gets exactly one reply, in order.
 3. An exception crosses with its traceback as text; one that cannot be pickled
    crosses as its type name and message.
 4. The worker ignores SIGINT (the driver decides), and exits at once when the driver
@@ -131,32 +135,45 @@ def main(
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
-        blob = dumps(message)
+        send_blob(dumps(message))
+
+    def send_blob(blob: bytes) -> None:
         with lock:  # task threads may print or log too
             conn.send_bytes(blob)
 
     _route_logging(send, log_levels)
     sys.stdout = _PipeWriter(send, 1)
     sys.stderr = _PipeWriter(send, 2)
-    functions: dict[int, Callable[..., Any]] = {}
+    functions: dict[int, Callable[..., Any] | Exception] = {}
     runner: asyncio.Runner | None = None
     send(("ready", os.getpid()))
     try:
         while True:
             try:
-                message = loads(conn.recv_bytes())
+                raw = conn.recv_bytes()
             except (EOFError, OSError):
                 return
+            try:
+                message = loads(raw)
+            except Exception as exc:  # arguments this process cannot rebuild
+                send(("badinput", f"{type(exc).__qualname__}: {exc}"))
+                continue
             if message[0] == "stop":
                 return
-            _, tid, fid, fn_blob, args_blob = message
+            if message[0] == "fn":
+                try:
+                    functions[message[1]] = loads(message[2])
+                except Exception as exc:  # raised by each task that uses it
+                    functions[message[1]] = exc
+                continue
+            _, tid, fid, args = message
             try:
-                if fn_blob is not None:
-                    functions[fid] = loads(fn_blob)
-                args = loads(args_blob)
+                func = functions[fid]
+                if isinstance(func, Exception):
+                    raise func
                 started = time.perf_counter()
                 try:
-                    value = functions[fid](*args)
+                    value = func(*args)
                 except TypeError as exc:
                     if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
                         exc.add_note(f"the task was called with {len(args)} positional argument(s)")
@@ -166,15 +183,15 @@ def main(
                         runner = asyncio.Runner(loop_factory=_new_event_loop())
                     value = runner.run(value)
             except BaseException as exc:
-                reply = _error_reply(tid, exc)
+                reply: bytes = dumps(_error_reply(tid, exc))
             else:
-                try:
-                    reply = ("ok", tid, dumps(value), time.perf_counter() - started)
+                try:  # one pickle for the message and the value: no copy of a large value
+                    reply = dumps(("ok", tid, value, time.perf_counter() - started))
                 except Exception as exc:
-                    reply = ("unpicklable", tid, type(value).__qualname__, str(exc))
+                    reply = dumps(("unpicklable", tid, type(value).__qualname__, str(exc)))
             sys.stdout.flush()
             sys.stderr.flush()
-            send(reply)
+            send_blob(reply)
     finally:
         if runner is not None:
             runner.close()

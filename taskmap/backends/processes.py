@@ -95,7 +95,7 @@ class _Job:
     task: Hashable
     fid: int
     fn_blob: bytes
-    args_blob: bytes
+    message: bytes  # the pickled "run" message, arguments included
     future: asyncio.Future[Any]
 
 
@@ -239,10 +239,10 @@ class ProcessPool:
         assert self.loop is not None
         fid, fn_blob = self._function(task, func)
         try:
-            args_blob = dumps(tuple(args))
+            message = dumps(("run", tid, fid, tuple(args)))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
-        job = _Job(tid, task, fid, fn_blob, args_blob, self.loop.create_future())
+        job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future())
         if not self._dispatch(job):
             self.backlog.append(job)
         return job.future
@@ -253,10 +253,10 @@ class ProcessPool:
         for worker in sorted(self.workers, key=lambda w: len(w.jobs)):
             if worker.dead or len(worker.jobs) >= depth:
                 continue
-            first = job.fid not in worker.known
-            message = ("run", job.tid, job.fid, job.fn_blob if first else None, job.args_blob)
             try:
-                worker.conn.send_bytes(dumps(message))
+                if job.fid not in worker.known:
+                    worker.conn.send_bytes(dumps(("fn", job.fid, job.fn_blob)))
+                worker.conn.send_bytes(job.message)
             except OSError:  # died just now; its sentinel will replace it
                 continue
             worker.known.add(job.fid)
@@ -302,12 +302,16 @@ class ProcessPool:
         """Read and handle one message (the loop calls again while more are waiting:
         its readers are level-triggered).  Return False once the pipe is closed."""
         try:
-            message = loads(worker.conn.recv_bytes())
+            raw = worker.conn.recv_bytes()
         except (EOFError, OSError):
             # The worker is gone; its sentinel says how.  Stop reading the pipe.
             assert self.loop is not None
             self.loop.remove_reader(worker.conn.fileno())
             return False
+        try:
+            message = loads(raw)
+        except Exception as exc:  # a result this process cannot rebuild
+            message = ("unreadable", f"{type(exc).__qualname__}: {exc}")
         self._handle(worker, message)
         return True
 
@@ -334,12 +338,13 @@ class ProcessPool:
         if future.done():  # cancelled meanwhile
             return
         if tag == "ok":
-            try:
-                future.set_result(loads(message[2]))
-            except Exception as exc:
-                future.set_exception(
-                    SerializationError(task, "result", "value", f"it cannot be unpickled: {exc}")
-                )
+            future.set_result(message[2])
+        elif tag == "unreadable":
+            detail = f"it cannot be unpickled here: {message[1]}"
+            future.set_exception(SerializationError(task, "result", "value", detail))
+        elif tag == "badinput":
+            detail = f"they cannot be unpickled in the worker: {message[1]}"
+            future.set_exception(SerializationError(task, "arguments", "tuple", detail))
         elif tag == "err":
             future.set_exception(_rebuild(task, worker.pid, *message[2:]))
         elif tag == "unpicklable":

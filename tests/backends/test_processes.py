@@ -554,3 +554,58 @@ def test_longer_tasks_are_never_queued_behind_one_another(monkeypatch):
     graph = taskmap.run_parallel(taskmap.create_graph(funcs, {i: [] for i in funcs}), ncores=2)
     assert all(v == "slow" for v in graph.results.values())
     assert max(depths) == 1
+
+
+# -- values that pickle but cannot be rebuilt on the other side ---------------------
+
+
+class RefusedByWorkers:
+    """Unpickling raises in any process but the one that pickled it."""
+
+    def __init__(self) -> None:
+        self.home = os.getpid()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_only_at_home, (self.home,))
+
+
+def _only_at_home(home: int) -> object:
+    if os.getpid() != home:
+        raise RuntimeError("cannot be rebuilt away from home")
+    return "home"
+
+
+async def _make_refused_by_workers() -> RefusedByWorkers:
+    return RefusedByWorkers()
+
+
+def test_arguments_a_worker_cannot_rebuild_fail_that_task_and_the_worker_goes_on():
+    graph = taskmap.create_graph(
+        {"make": _make_refused_by_workers, "use": identity} | {f"fine{i}": tiny for i in range(3)},
+        {"make": [], "use": ["make"]} | {f"fine{i}": [] for i in range(3)},
+        io_bound=["make"],
+    )
+    taskmap.run_parallel_async(graph, ncores=1)
+    error = graph.results["use"]
+    assert isinstance(error, SerializationError)
+    assert error.what == "arguments"
+    assert "cannot be unpickled in the worker: RuntimeError: cannot be rebuilt away" in str(error)
+    assert all(graph.results[f"fine{i}"] == "ok" for i in range(3))
+
+
+def made_in_worker() -> RefusedByWorkers:
+    return RefusedByWorkers()
+
+
+def test_a_result_the_driver_cannot_rebuild_fails_its_own_task():
+    graph = taskmap.create_graph(
+        {"made": made_in_worker, "child": identity, "fine": tiny},
+        {"made": [], "child": ["made"], "fine": []},
+    )
+    taskmap.run_parallel(graph, ncores=1)
+    error = graph.results["made"]
+    assert isinstance(error, SerializationError)
+    assert error.what == "result"
+    assert "cannot be unpickled here: RuntimeError: cannot be rebuilt away from home" in str(error)
+    assert isinstance(graph.results["child"], UpstreamFailedError)
+    assert graph.results["fine"] == "ok"
