@@ -226,9 +226,10 @@ def _run_on_loop(
     all_on_backend: bool,
     drop_results: bool,
 ) -> Graph:
+    targets = None if targets is None else _listed(targets)  # a generator is read once
     outcomes = _prepare(graph, targets, on_error, raise_errors, priority=True)
     backend = make_backend()
-    target_ids = [] if targets is None else outcomes.graph.plan.ids("targets", _listed(targets))
+    target_ids = [] if targets is None else graph.plan.ids("targets", targets)
     driver = AsyncDriver(
         outcomes,
         backend,

@@ -609,3 +609,13 @@ def test_a_result_the_driver_cannot_rebuild_fails_its_own_task():
     assert "cannot be unpickled here: RuntimeError: cannot be rebuilt away from home" in str(error)
     assert isinstance(graph.results["child"], UpstreamFailedError)
     assert graph.results["fine"] == "ok"
+
+
+def test_drop_results_keeps_targets_given_as_a_generator():
+    graph = taskmap.create_graph(
+        {"a": lambda: 1, "b": lambda a: a + 1, "c": lambda b: b + 1},
+        {"a": [], "b": ["a"], "c": ["b"]},
+    )
+    targets = (t for t in ["a", "c"])  # 'a' is consumed by 'b', and kept as a target
+    taskmap.run_parallel_async(graph, ncores=1, drop_results=True, targets=targets)
+    assert graph.results == {"a": 1, "c": 3}
