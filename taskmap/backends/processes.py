@@ -70,6 +70,8 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Rule 5: below this mean task duration (seconds) a worker gets its next job queued
 #: while it runs one, so it never waits for the round trip through the driver.
 PREFETCH_BELOW = 0.002
+#: ...and only a job whose messages the pipe's buffer takes without blocking.
+PREFETCH_MAX_BYTES = 64 * 1024
 
 
 class PoolState(enum.Enum):
@@ -253,6 +255,10 @@ class ProcessPool:
         for worker in sorted(self.workers, key=lambda w: len(w.jobs)):
             if worker.dead or len(worker.jobs) >= depth:
                 continue
+            if worker.jobs and not _fits_in_pipe(job, worker):
+                # A busy worker may be writing a large result while we write to it:
+                # queue behind a running task only what the pipe buffers at once.
+                continue
             try:
                 if job.fid not in worker.known:
                     worker.conn.send_bytes(dumps(("fn", job.fid, job.fn_blob)))
@@ -386,6 +392,13 @@ class ProcessPool:
         for fd in (worker.conn, worker.process.sentinel):
             with contextlib.suppress(OSError, ValueError):
                 self.loop.remove_reader(fd if isinstance(fd, int) else fd.fileno())
+
+
+def _fits_in_pipe(job: _Job, worker: _Worker) -> bool:
+    size = len(job.message)
+    if job.fid not in worker.known:
+        size += len(job.fn_blob)
+    return size <= PREFETCH_MAX_BYTES
 
 
 def _rebuild(

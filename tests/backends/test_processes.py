@@ -619,3 +619,24 @@ def test_drop_results_keeps_targets_given_as_a_generator():
     targets = (t for t in ["a", "c"])  # 'a' is consumed by 'b', and kept as a target
     taskmap.run_parallel_async(graph, ncores=1, drop_results=True, targets=targets)
     assert graph.results == {"a": 1, "c": 3}
+
+
+def big_quickly(*args: object) -> bytes:
+    return b"r" * (4 * 1024 * 1024)
+
+
+async def big_input() -> bytes:
+    return b"i" * (4 * 1024 * 1024)
+
+
+@pytest.mark.timeout(30)
+def test_large_messages_are_never_queued_behind_a_running_task():
+    # Tiny tasks switch prefetching on; then 'out' writes 4 MB back while 'in' (4 MB of
+    # arguments) is ready: queueing 'in' behind 'out' could block both pipe ends.
+    funcs = {f"tiny{i}": tiny for i in range(30)}
+    funcs |= {"source": big_input, "out": big_quickly, "in": size}
+    deps = {name: [] for name in funcs} | {"in": ["source"]}
+    graph = taskmap.create_graph(funcs, deps, io_bound=["source"])
+    taskmap.run_parallel_async(graph, ncores=1)
+    assert len(graph.results["out"]) == 4 * 1024 * 1024
+    assert graph.results["in"] == 4 * 1024 * 1024
