@@ -132,7 +132,7 @@ class NotCallableError(GraphError):
     def __init__(self, found: dict[Hashable, object]) -> None:
         self.found = found
         parts = [
-            f"{task!r} (got {value!r}, {_a(type(value).__name__)})"
+            f"{task!r} (got {value!r}, {with_article(type(value).__name__)})"
             for task, value in sorted(found.items(), key=lambda kv: repr(kv[0]))[:_SHOWN]
         ]
         more = len(found) - _SHOWN
@@ -293,13 +293,13 @@ class SerializationError(TaskError):
         if what in ("result", "exception"):
             verb = "returned" if what == "result" else "raised"
             message = (
-                f"task {task!r} {verb} {_a(type_name)}, which cannot be pickled to send it "
-                f"back from its worker process: {detail}"
+                f"task {task!r} {verb} {with_article(type_name)}, which cannot be pickled to "
+                f"send it back from its worker process: {detail}"
             )
         else:
             message = (
                 f"task {task!r} cannot be sent to a worker process: its {what} "
-                f"({_a(type_name)}) cannot be pickled: {detail}"
+                f"({with_article(type_name)}) cannot be pickled: {detail}"
             )
         super().__init__(task, message)
 
@@ -307,7 +307,8 @@ class SerializationError(TaskError):
         return (type(self), (self.task, self.what, self.type_name, self.detail))
 
 
-def _a(noun: str) -> str:
+def with_article(noun: str) -> str:
+    """'a lock', 'an int': a type name for a message."""
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 

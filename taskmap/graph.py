@@ -21,6 +21,7 @@ from .errors import (
     MissingFunctionError,
     NotCallableError,
     UnknownTaskError,
+    with_article,
 )
 
 __all__ = [
@@ -255,9 +256,7 @@ def _expect_mapping(what: str, value: object) -> None:
 
 
 def _describe(value: object) -> str:
-    kind = type(value).__name__
-    article = "an" if kind[:1] in "aeiou" else "a"
-    return f"{value!r:.60}, {article} {kind}"
+    return f"{value!r:.60}, {with_article(type(value).__name__)}"
 
 
 def _freeze_dependencies(
