@@ -278,19 +278,24 @@ def describe_exit(pid: int | None, exitcode: int | None) -> str:
 
 
 class SerializationError(TaskError):
-    """Something of the task could not be pickled to cross to or from its worker.
+    """Something of the task could not cross to or from its worker process.
 
     Attributes:
         task: the task.
-        what: ``'function'``, ``'arguments'``, ``'result'`` or ``'exception'``.
-        type_name: the type of the object that could not cross.
+        what: ``'function'``, ``'arguments'``, ``'argument N'``, ``'result'`` or
+            ``'exception'``.
+        type_name: the type of the object that could not be pickled; empty when it
+            was pickled but could not be rebuilt on the other side.
     """
 
     def __init__(self, task: Hashable, what: str, type_name: str, detail: str) -> None:
         self.what = what
         self.type_name = type_name
         self.detail = detail
-        if what in ("result", "exception"):
+        if not type_name:
+            where = "the driver" if what in ("result", "exception") else "its worker process"
+            message = f"task {task!r}: its {what} cannot be rebuilt in {where}: {detail}"
+        elif what in ("result", "exception"):
             verb = "returned" if what == "result" else "raised"
             message = (
                 f"task {task!r} {verb} {with_article(type_name)}, which cannot be pickled to "

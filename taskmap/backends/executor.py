@@ -13,7 +13,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ..errors import SerializationError
-from ..worker import RemoteTraceback, call_pickled, dumps, dumps_function
+from ..worker import RemoteTraceback, call_pickled, dumps_for_worker
 from .processes import _unpicklable_args
 
 __all__ = ["ExecutorBackend"]
@@ -46,14 +46,14 @@ class ExecutorBackend:
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
             try:
-                entry = (func, dumps_function(func))
+                entry = (func, dumps_for_worker(func))
             except Exception as exc:
                 raise SerializationError(
                     task, "function", type(func).__qualname__, str(exc)
                 ) from None
             self.functions[id(func)] = entry
         try:
-            args_blob = dumps(tuple(args))
+            args_blob = dumps_for_worker(tuple(args))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
         future = asyncio.wrap_future(self.executor.submit(call_pickled, entry[1], args_blob))

@@ -241,7 +241,9 @@ class ProcessPool:
         assert self.loop is not None
         fid, fn_blob = self._function(task, func)
         try:
-            message = dumps(("run", tid, fid, tuple(args)))
+            # cloudpickle: instances of classes from the user's __main__, which is not
+            # re-run in workers, cross by value
+            message = worker_module.dumps_for_worker(("run", tid, fid, tuple(args)))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
         job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future())
@@ -284,7 +286,7 @@ class ProcessPool:
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
             try:
-                blob = worker_module.dumps_function(func)
+                blob = worker_module.dumps_for_worker(func)
             except Exception as exc:
                 raise SerializationError(
                     task, "function", type(func).__qualname__, str(exc)
@@ -346,11 +348,9 @@ class ProcessPool:
         if tag == "ok":
             future.set_result(message[2])
         elif tag == "unreadable":
-            detail = f"it cannot be unpickled here: {message[1]}"
-            future.set_exception(SerializationError(task, "result", "value", detail))
+            future.set_exception(SerializationError(task, "result", "", message[1]))
         elif tag == "badinput":
-            detail = f"they cannot be unpickled in the worker: {message[1]}"
-            future.set_exception(SerializationError(task, "arguments", "tuple", detail))
+            future.set_exception(SerializationError(task, "arguments", "", message[1]))
         elif tag == "err":
             future.set_exception(_rebuild(task, worker.pid, *message[2:]))
         elif tag == "unpicklable":
@@ -421,7 +421,7 @@ def _rebuild(
 def _unpicklable_args(task: Hashable, args: Sequence[Any], exc: Exception) -> SerializationError:
     for i, arg in enumerate(args):
         try:
-            dumps(arg)
+            worker_module.dumps_for_worker(arg)
         except Exception:
             return SerializationError(task, f"argument {i}", type(arg).__qualname__, str(exc))
     return SerializationError(task, "arguments", "tuple", str(exc))
