@@ -149,6 +149,7 @@ class Frontier:
 
     def pop_ready(self) -> int:
         """Hand out the next READY task (io-bound first) and mark it RUNNING; -1 if none."""
+        # pop_ready_io and pop_ready_cpu inlined: this is `run`'s per-task hot path.
         if self.ready_io:
             tid = self.ready_io.popleft()
         elif self.ready_cpu:
