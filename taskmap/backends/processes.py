@@ -2,7 +2,7 @@
 
 Design note
 -----------
-The pool runs at most one task per worker.  It is driven entirely by the event
+The pool runs one task at a time per worker.  It is driven entirely by the event
 loop: every worker contributes two readers, its pipe (messages) and its process
 sentinel (death), so the driver never polls and never blocks waiting.
 
@@ -11,7 +11,7 @@ sentinel (death), so the driver never polls and never blocks waiting.
     driver loop ── submit(tid) ─► pickle function (once per function) and arguments
         │                         └─► a free worker's pipe ─► worker.main runs it
         │
-        ├── pipe readable ──► "ok" / "err" / "unpicklable" ─► the task's future
+        ├── pipe readable ──► "ok" / "err" / "unpicklable" / ... ─► the oldest job's future
         │                     "out" / "log" ─► driver's sys.stdout/stderr, loggers
         └── sentinel readable ─► drain the pipe, fail the running task with
                                  WorkerCrashedError, start a replacement worker
@@ -24,19 +24,19 @@ Rules:
    interrupted otherwise); the pool replaces it.
 4. `aclose` leaves no process behind: stop messages when the run ended normally,
    SIGTERM then SIGKILL when it did not.  Workers are daemonic too, as a last net.
-
-Rule 5: a worker runs one task at a time.  While tasks are tiny (their mean
-duration, as workers time them, under ``PREFETCH_BELOW``) it may also hold the
-next job in its pipe, so it never idles through the round trip via the driver;
-longer tasks are never queued behind one another.  A queued job never started:
-if its worker dies it goes to another; if it is cancelled it runs and is ignored.
+5. While tasks are tiny (their mean duration, as workers time them, under
+   ``PREFETCH_BELOW``) a worker may also hold its next job in its pipe, so it never
+   idles through the round trip via the driver; longer tasks, and jobs larger than
+   the pipe buffers at once, are never queued behind a running task.  A queued job
+   has not started: if its worker dies it goes to another; if it is cancelled it
+   runs and is ignored.
 
 State: ``workers`` every live worker; each `_Worker` holds ``jobs``, the jobs sent
-and not yet answered (the first is running); ``backlog`` holds jobs no worker had
-room for at the instant they were sent (their worker had just died), sent on as
-soon as one has; ``mean_duration`` the running mean of task durations; each
-`_Worker` knows its running task (``tid``, ``future``) and the ids of the
-functions it has been sent.
+and not yet answered, in order (the first is running; replies come in the same
+order), and ``known``, the ids of the functions it has been sent; ``backlog``
+holds jobs no worker had room for when they were submitted (their worker had just
+died, or the job was too large to queue), sent as soon as one has room;
+``mean_duration`` is the running mean of task durations.
 """
 
 from __future__ import annotations
