@@ -56,7 +56,7 @@ def run(
         >>> run(graph).results['b']
         20
     """
-    outcomes = _prepare(graph, targets, on_error, raise_errors)
+    outcomes, _ = _prepare(graph, targets, on_error, raise_errors)
     drive_sync(outcomes)
     return _finish(outcomes, raise_errors)
 
@@ -88,7 +88,7 @@ def run_async(
     Returns:
         The same graph, with ``results`` and ``done`` filled.
     """
-    outcomes = _prepare(graph, targets, on_error, raise_errors)
+    outcomes, _ = _prepare(graph, targets, on_error, raise_errors)
     with EventLoop() as loop:
         loop.run(AsyncDriver(outcomes).arun())
     return _finish(outcomes, raise_errors)
@@ -226,16 +226,14 @@ def _run_on_loop(
     all_on_backend: bool,
     drop_results: bool,
 ) -> Graph:
-    targets = None if targets is None else _listed(targets)  # a generator is read once
-    outcomes = _prepare(graph, targets, on_error, raise_errors, priority=True)
+    outcomes, target_ids = _prepare(graph, targets, on_error, raise_errors, priority=True)
     backend = make_backend()
-    target_ids = [] if targets is None else graph.plan.ids("targets", targets)
     driver = AsyncDriver(
         outcomes,
         backend,
         all_on_backend=all_on_backend,
         drop_results=drop_results,
-        targets=target_ids,
+        targets=target_ids or (),
     )
     try:
         with EventLoop() as loop:
@@ -260,8 +258,11 @@ def _prepare(
     observers: Iterable[Observer] = (),
     *,
     priority: bool = False,
-) -> Outcomes:
-    """Check the run's arguments and set up its frontier and bookkeeping."""
+) -> tuple[Outcomes, list[int] | None]:
+    """Check the run's arguments and set up its frontier and bookkeeping.
+
+    Returns the bookkeeping and the targets' ids (None: every task is a target).
+    """
     if not isinstance(graph, Graph):
         raise TypeError(
             f"expected a Graph from create_graph (got {type(graph).__name__}); "
@@ -283,9 +284,8 @@ def _prepare(
     )
     configure(graph.name, graph.logging_config)
     fail_fast = on_error == "fail_fast" or raise_errors
-    return Outcomes(
-        graph, frontier, fail_fast=fail_fast, observers=[LogObserver(graph.name), *observers]
-    )
+    observers = [LogObserver(graph.name), *observers]
+    return Outcomes(graph, frontier, fail_fast=fail_fast, observers=observers), target_ids
 
 
 def _finish(outcomes: Outcomes, raise_errors: bool) -> Graph:
