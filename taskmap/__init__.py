@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from .checkpoint import CacheEntry as CacheEntry
+from .checkpoint import CacheStats as CacheStats
+from .checkpoint import ChainStore as ChainStore
+from .checkpoint import DirectoryStore as DirectoryStore
+from .checkpoint import Encoder as Encoder
+from .checkpoint import Explanation as Explanation
+from .checkpoint import Reason as Reason
+from .checkpoint.encoders import JsonEncoder as JsonEncoder
+from .checkpoint.encoders import PickleEncoder as PickleEncoder
+from .errors import CacheWarning as CacheWarning
 from .errors import CycleError as CycleError
 from .errors import GraphError as GraphError
 from .errors import MissingDependencyError as MissingDependencyError
@@ -16,14 +26,19 @@ from .errors import UpstreamFailedError as UpstreamFailedError
 from .errors import WorkerCrashedError as WorkerCrashedError
 from .frontier import TaskState as TaskState
 from .graph import Graph as Graph
+from .graph import clear_cache as clear_cache
 from .graph import create_graph as create_graph
+from .graph import explain as explain
 from .graph import get_all_children as get_all_children
 from .graph import get_ready_tasks as get_ready_tasks
+from .graph import list_cache as list_cache
 from .graph import mark_as_done as mark_as_done
 from .graph import mark_as_done_except as mark_as_done_except
 from .graph import reset_failed_tasks as reset_failed_tasks
 from .graph import reset_tasks as reset_tasks
+from .graph import save_cache as save_cache
 from .logs import in_progress as in_progress
+from .record import RunStats as RunStats
 from .runners import run as run
 from .runners import run_async as run_async
 from .runners import run_parallel as run_parallel
@@ -32,12 +47,23 @@ from .runners import run_parallel_async as run_parallel_async
 __version__ = "1.0.0.dev0"
 
 __all__ = [
+    "CacheEntry",
+    "CacheStats",
+    "CacheWarning",
+    "ChainStore",
     "CycleError",
+    "DirectoryStore",
+    "Encoder",
+    "Explanation",
     "Graph",
     "GraphError",
+    "JsonEncoder",
     "MissingDependencyError",
     "MissingFunctionError",
     "NotCallableError",
+    "PickleEncoder",
+    "Reason",
+    "RunStats",
     "RunStoppedError",
     "SerializationError",
     "TaskError",
@@ -46,10 +72,13 @@ __all__ = [
     "UnknownTaskError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "clear_cache",
     "create_graph",
+    "explain",
     "get_all_children",
     "get_ready_tasks",
     "in_progress",
+    "list_cache",
     "mark_as_done",
     "mark_as_done_except",
     "reset_failed_tasks",
@@ -58,6 +87,7 @@ __all__ = [
     "run_async",
     "run_parallel",
     "run_parallel_async",
+    "save_cache",
 ]
 
 for _name in __all__:

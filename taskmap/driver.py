@@ -33,6 +33,7 @@ from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
 from .backends import Backend
+from .checkpoint import CacheRun
 from .errors import RunStoppedError, TaskError, UpstreamFailedError
 from .events import (
     Observer,
@@ -47,6 +48,7 @@ from .events import (
 )
 from .frontier import Frontier, TaskState
 from .graph import Graph
+from .record import RunStats
 
 __all__ = ["AsyncDriver", "EventLoop", "Outcomes", "drive_sync", "new_event_loop"]
 
@@ -138,6 +140,7 @@ class Outcomes:
     """
 
     __slots__ = (
+        "cache",
         "fail_fast",
         "first_failed",
         "first_failure",
@@ -160,9 +163,11 @@ class Outcomes:
         *,
         fail_fast: bool,
         observers: Sequence[Observer] = (),
+        cache: CacheRun | None = None,
     ) -> None:
         self.graph = graph
         self.frontier = frontier
+        self.cache = cache
         self.names = graph.plan.names
         self.fail_fast = fail_fast
         # one emitter per event class, None when no observer wants it
@@ -189,6 +194,13 @@ class Outcomes:
         self.queued(self.frontier.ready())
 
     def end_run(self, interrupted: bool = False) -> None:
+        """Write what the cache holds (also when interrupted: finished work is kept)."""
+        cache = self.cache
+        if cache is not None:
+            cache.close()
+            self.graph.stats = RunStats(cache=cache.stats, why=cache.why)
+        else:
+            self.graph.stats = RunStats()
         if self.on_run_end is not None:
             self.on_run_end(RunFinished(self.graph.name, interrupted))
 
@@ -201,14 +213,25 @@ class Outcomes:
         if self.on_started is not None:
             self.on_started(TaskStarted(self.names[tid], lane))
 
-    def succeeded(self, tid: int, value: Any) -> None:
-        """Store a RUNNING task's value and queue the tasks it made ready."""
+    def lookup(self, tid: int) -> tuple[bool, Any]:
+        """Look a popped task up in the cache: ``(True, value)`` when it is stored."""
+        if self.cache is None:
+            return False, None
+        return self.cache.lookup(tid)
+
+    def succeeded(self, tid: int, value: Any, *, cached: bool = False) -> None:
+        """Store a RUNNING task's value and queue the tasks it made ready.
+
+        ``cached``: the value came from the cache instead (the task was popped, not run).
+        """
         name = self.names[tid]
         self.graph.results[name] = value
         self.graph.done.append(name)
+        if not cached and self.cache is not None:
+            self.cache.stored(tid, value)
         newly = self.frontier.finish(tid)
         if self.on_finished is not None:
-            self.on_finished(TaskFinished(name))
+            self.on_finished(TaskFinished(name, cached))
         if newly and self.on_queued is not None:
             self.queued(newly)
 
@@ -219,6 +242,8 @@ class Outcomes:
         self.graph.done.append(name)
         if self.on_failed is not None:
             self.on_failed(TaskFailed(name, error))
+        if self.cache is not None:
+            self.cache.failed(tid, error)
         skipped = self.frontier.fail(tid)
         if skipped:
             count = len(skipped)
@@ -265,6 +290,7 @@ def drive_sync(outcomes: Outcomes) -> None:
     graph, frontier = outcomes.graph, outcomes.frontier
     names, parents, funcs = graph.plan.names, graph.plan.parents, graph.funcs
     pop, succeeded, on_started = frontier.pop_ready, outcomes.succeeded, outcomes.on_started
+    cache = outcomes.cache
     # values by id: cheaper to reach than graph.results by name on large graphs
     get = graph.results.get
     values = [get(name) for name in names] if graph.done else [None] * len(names)
@@ -273,6 +299,12 @@ def drive_sync(outcomes: Outcomes) -> None:
     try:
         while (tid := pop()) >= 0:
             name = names[tid]
+            if cache is not None:
+                hit, value = cache.lookup(tid)
+                if hit:
+                    values[tid] = value
+                    succeeded(tid, value, cached=True)
+                    continue
             args = [v for p in parents[tid] if (v := values[p]) is not None]
             if on_started is not None:
                 outcomes.started(tid, "main")
@@ -459,8 +491,18 @@ class AsyncDriver:
                     results.pop(names[p], None)
         return args
 
+    def _cached(self, tid: int) -> bool:
+        """Finish a READY task from the cache when it is stored there."""
+        hit, value = self.outcomes.lookup(tid)
+        if hit:
+            self._args(tid)  # it took its inputs: drop_results may release them
+            self.outcomes.succeeded(tid, value, cached=True)
+        return hit
+
     def _start_here(self, tid: int) -> None:
         """Run a task in this process: on the loop, inline, or in a thread."""
+        if self.outcomes.cache is not None and self._cached(tid):
+            return
         outcomes, graph = self.outcomes, self.graph
         name = graph.plan.names[tid]
         func = graph.funcs[name]
@@ -485,6 +527,8 @@ class AsyncDriver:
             outcomes.succeeded(tid, value)
 
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
+        if self.outcomes.cache is not None and self._cached(tid):
+            return
         name = self.graph.plan.names[tid]
         args = self._args(tid)
         try:

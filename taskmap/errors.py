@@ -16,6 +16,9 @@ The hierarchy::
         └── SerializationError         the task's function, input, result or exception
                                        could not cross to or from its worker process
 
+    CacheWarning(UserWarning)          a cache entry could not be read or written: the
+                                       task runs (or its value is not kept); nothing fails
+
 Graph errors are raised.  Task errors are never raised by a runner: they are *stored*
 in ``graph.results`` in place of a value, so ``reset_failed_tasks`` (which resets every
 task whose result is an ``Exception``) reruns them.  A task's own exception is stored
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 
 __all__ = [
+    "CacheWarning",
     "CycleError",
     "GraphError",
     "MissingDependencyError",
@@ -51,6 +55,12 @@ def format_names(names: Iterable[Hashable]) -> str:
     if len(shown) > _SHOWN:
         head += f" and {len(shown) - _SHOWN} more"
     return head
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be read (torn, corrupt, written by an incompatible
+    version) or written (unpicklable value, store error).  Never an error: an entry
+    that cannot be read is a miss, and the task runs again."""
 
 
 class TaskmapError(Exception):

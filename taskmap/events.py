@@ -50,9 +50,10 @@ class TaskStarted:
 
 @dataclass(frozen=True, slots=True)
 class TaskFinished:
-    """The task returned a value."""
+    """The task returned a value, or (``cached``) its value was loaded from the cache."""
 
     task: Hashable
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .checkpoint import CacheEntry, Checkpoint, Encoder, Explanation, Reason, WriteMode, open_store
 from .errors import (
     CycleError,
     MissingDependencyError,
@@ -23,17 +24,22 @@ from .errors import (
     UnknownTaskError,
     with_article,
 )
+from .record import RunStats
 
 __all__ = [
     "Graph",
     "Plan",
+    "clear_cache",
     "create_graph",
+    "explain",
     "get_all_children",
     "get_ready_tasks",
+    "list_cache",
     "mark_as_done",
     "mark_as_done_except",
     "reset_failed_tasks",
     "reset_tasks",
+    "save_cache",
 ]
 
 Task = Hashable
@@ -118,6 +124,8 @@ class Graph:
         name: the graph's name; it prefixes the loggers (``<name>-manager``,
             ``<name>-worker``).
         logging_config: as given to `create_graph`.
+        checkpoint: the graph's cache (`create_graph`'s ``cache=``), or None.
+        stats: what the last run did (a `RunStats`), None before the first run.
     """
 
     funcs: dict[Task, Callable[..., Any]]
@@ -128,6 +136,8 @@ class Graph:
     name: str = "taskmap"
     logging_config: dict[str, Any] = field(default_factory=dict)
     plan: Plan = field(default=None, repr=False)  # type: ignore[assignment]
+    checkpoint: Checkpoint | None = field(default=None, repr=False)
+    stats: RunStats | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> list[Task]:
@@ -150,6 +160,7 @@ class Graph:
             self.results,
             self.name,
             self.logging_config,
+            self.checkpoint,
         )
         return (_restore, state)
 
@@ -168,6 +179,12 @@ def create_graph(
     results: Mapping[Any, Any] | None = None,
     name: str = "taskmap",
     logging_config: Mapping[str, Any] | None = None,
+    *,
+    cache: object = None,
+    uncached: Iterable[Any] | None = None,
+    versions: Mapping[Any, str | int] | None = None,
+    encoders: Mapping[Any, Encoder | str] | None = None,
+    cache_write: WriteMode = "exit",
 ) -> Graph:
     """Validate a dependency graph and return it ready to run.
 
@@ -187,6 +204,20 @@ def create_graph(
         name: names the loggers ``<name>-manager`` and ``<name>-worker``.
         logging_config: ``{'write': True}`` writes a log file (``'path'``, default
             ``<name>.log``); ``{'level': 'INFO'}`` sets the loggers' level.
+        cache: where finished values are kept across runs and processes: a
+            directory path (the embedded SQLite store), any
+            ``MutableMapping[str, bytes]`` (a dict, an fsspec mapper...), or a list
+            of those (read from each, write to the first).  A task whose code and
+            inputs did not change since it last succeeded is not run again.
+        uncached: tasks whose values are never stored (connections, clients).
+        versions: task -> a version (str or int) used instead of its code
+            fingerprint: bump it to recompute, keep it to keep the cache.
+        encoders: task -> ``'pickle'`` (default: cloudpickle, zstd-compressed),
+            ``'json'``, or an object with ``name``, ``encode`` and ``decode``
+            (``PickleEncoder(level=0)`` stores uncompressed).
+        cache_write: when values are written: ``'exit'`` (as each task finishes,
+            the default), a number of seconds (periodically), ``'end'`` (at the end
+            of the run) or ``'manual'`` (on `save_cache`).
 
     Returns:
         The `Graph`.
@@ -196,7 +227,8 @@ def create_graph(
         MissingDependencyError: a task depends on a name that is not a task.
         MissingFunctionError: a task has no function in ``funcs``.
         NotCallableError: a task's function is not callable.
-        UnknownTaskError: ``io_bound``, ``done`` or ``results`` name a non-task.
+        UnknownTaskError: ``io_bound``, ``done``, ``results``, ``uncached``,
+            ``versions`` or ``encoders`` name a non-task.
         TypeError: an argument has the wrong type.
 
     Example:
@@ -220,6 +252,17 @@ def create_graph(
             f"logging_config has unknown keys: {sorted(unknown)!r} "
             "(known: 'level', 'path', 'write')"
         )
+    checkpoint = None
+    if cache is not None:
+        checkpoint = Checkpoint(
+            open_store(cache),
+            write=cache_write,
+            uncached=_names_of("uncached", uncached, plan),
+            versions=_per_task("versions", versions, plan),
+            encoders=_per_task("encoders", encoders, plan),
+        )
+    elif uncached or versions or encoders:
+        raise ValueError("uncached, versions and encoders need a cache: pass cache=")
     graph = Graph(
         funcs=dict(funcs),
         dependencies=MappingProxyType(deps),
@@ -229,8 +272,17 @@ def create_graph(
         name=str(name),
         logging_config=config,
         plan=plan,
+        checkpoint=checkpoint,
     )
     return graph
+
+
+def _per_task(where: str, values: Mapping[Task, Any] | None, plan: Plan) -> dict[Task, Any]:
+    if values is None:
+        return {}
+    _expect_mapping(where, values)
+    plan.ids(where, values)
+    return dict(values)
 
 
 def _restore(
@@ -241,8 +293,10 @@ def _restore(
     results: dict[Task, Any],
     name: str,
     logging_config: dict[str, Any],
+    checkpoint: Checkpoint | None = None,
 ) -> Graph:
     graph = create_graph(funcs, dependencies, io_bound, (), results, name, logging_config)
+    graph.checkpoint = checkpoint
     graph.done[:] = done  # done may name tasks whose result was dropped: keep it as it was
     return graph
 
@@ -414,7 +468,9 @@ def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
     """Make ``tasks`` and all their descendants not done, and drop their results.
 
     Use it after changing a task's function: the next run recomputes that task
-    and everything downstream of it, and nothing else.
+    and everything downstream of it, and nothing else.  With a cache, their
+    stored entries are dropped too, so the next run recomputes them even if
+    their code and inputs did not change (the source they read did).
     """
     plan = graph.plan
     ids = _one_or_many(graph, "tasks", tasks)
@@ -422,6 +478,8 @@ def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
     graph.done[:] = [t for t in graph.done if t not in reset]
     for task in reset:
         graph.results.pop(task, None)
+    if graph.checkpoint is not None:
+        graph.checkpoint.forget(reset)
     logging.getLogger(f"{graph.name}-manager").debug("reset %d tasks", len(reset))
     return graph
 
@@ -438,3 +496,91 @@ def reset_failed_tasks(graph: Graph) -> Graph:
 def _done_ids(graph: Graph) -> set[int]:
     index = graph.plan.index
     return {index[t] for t in graph.done}
+
+
+def explain(graph: Graph) -> dict[Task, Explanation]:
+    """Say, for every task, whether the next run would run it, and why.
+
+    A dry run: nothing is called.  A task runs when its entry is not in the cache
+    (no entry, code changed, input changed, failed before, reset by the user);
+    it does not when it is done or cached.  A task below one that runs gets
+    `Reason.UPSTREAM`: whether it runs depends on the new value (an unchanged
+    value leaves it cached).  Without a cache every task not done runs.
+
+    After a run, ``graph.stats.why`` says what that run did instead.
+
+    Returns:
+        task name -> `Explanation`, in a topological order.
+    """
+    plan, results = graph.plan, graph.results
+    names = plan.names
+    done = _done_ids(graph)
+    found: dict[Task, Explanation] = {}
+    runs = [False] * len(names)
+    cache = None
+    if graph.checkpoint is not None:
+        # a scratch results dict: values loaded here never reach the graph
+        scratch = {n: results[n] for n in graph.done if n in results}
+        cache = graph.checkpoint.open_run(names, plan.parents, graph.funcs, scratch)
+    try:
+        for tid in plan.order:
+            name = names[tid]
+            if tid in done:
+                found[name] = Explanation(name, False, Reason.DONE)
+                continue
+            upstream = [names[p] for p in plan.parents[tid] if runs[p]]
+            if upstream:
+                runs[tid] = True
+                detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
+                found[name] = Explanation(name, True, Reason.UPSTREAM, detail)
+            elif cache is None:
+                runs[tid] = True
+                found[name] = Explanation(name, True, Reason.NOT_CACHED, "the graph has no cache")
+            else:
+                hit, value = cache.lookup(tid)
+                runs[tid] = not hit
+                if hit:
+                    scratch[name] = value
+                found[name] = cache.why[name]
+    finally:
+        if cache is not None:
+            cache.close(write=False)
+    return found
+
+
+def list_cache(graph: Graph, tasks: Task | Iterable[Task] | None = None) -> list[CacheEntry]:
+    """List the stored entries of the graph's tasks (or of ``tasks`` only).
+
+    Returns:
+        `CacheEntry` records (task, key, size in bytes, time written, encoder),
+        sorted by task; an empty list when the graph has no cache.
+    """
+    if graph.checkpoint is None:
+        return []
+    return graph.checkpoint.entries(_cache_tasks(graph, tasks))
+
+
+def clear_cache(graph: Graph, tasks: Task | Iterable[Task] | None = None) -> int:
+    """Drop the stored entries of the graph's tasks (or of ``tasks`` only).
+
+    Results already in ``graph.results`` stay; entries of other graphs sharing
+    the store stay.  Returns the number of entries dropped.
+    """
+    if graph.checkpoint is None:
+        return 0
+    names = _cache_tasks(graph, tasks)
+    return graph.checkpoint.forget(names, reset=False)
+
+
+def save_cache(graph: Graph) -> int:
+    """Write the entries held back by ``cache_write='manual'``; return how many."""
+    if graph.checkpoint is None:
+        raise ValueError("save_cache: the graph has no cache (pass cache= to create_graph)")
+    return graph.checkpoint.save()
+
+
+def _cache_tasks(graph: Graph, tasks: Task | Iterable[Task] | None) -> list[Task]:
+    names = graph.plan.names
+    if tasks is None:
+        return list(names)
+    return [names[t] for t in _one_or_many(graph, "tasks", tasks)]

@@ -285,7 +285,11 @@ def _prepare(
     configure(graph.name, graph.logging_config)
     fail_fast = on_error == "fail_fast" or raise_errors
     observers = [LogObserver(graph.name), *observers]
-    return Outcomes(graph, frontier, fail_fast=fail_fast, observers=observers), target_ids
+    cache = None
+    if graph.checkpoint is not None:
+        cache = graph.checkpoint.open_run(plan.names, plan.parents, graph.funcs, results)
+    outcomes = Outcomes(graph, frontier, fail_fast=fail_fast, observers=observers, cache=cache)
+    return outcomes, target_ids
 
 
 def _finish(outcomes: Outcomes, raise_errors: bool) -> Graph:

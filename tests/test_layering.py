@@ -31,7 +31,7 @@ LAYERS = {
     "backends": 3,
     "frontier": 4,
     "driver": 5,
-    "record": 6,
+    "record": 2,
     "progress": 6,
     "report": 6,
     "draw": 6,
@@ -43,7 +43,7 @@ LAYERS = {
 }
 
 ROW_1 = {"errors", "events"}
-OBSERVERS = {"record", "progress", "report", "draw", "logs"}
+OBSERVERS = {"progress", "report", "draw", "logs"}
 
 #: what each module may import from taskmap, besides its own package (backends/*...)
 ALLOWED = {
@@ -52,10 +52,12 @@ ALLOWED = {
     "policies": ROW_1,
     "checkpoint": ROW_1,
     "worker": ROW_1,
-    "graph": ROW_1 | {"policies", "checkpoint"},
+    # record holds a run's data (RunStats) and sits below graph, which carries it
+    "record": ROW_1 | {"checkpoint"},
+    "graph": ROW_1 | {"policies", "checkpoint", "record"},
     "backends": ROW_1 | {"worker"},
     "frontier": ROW_1 | {"graph", "policies"},
-    "driver": ROW_1 | {"graph", "policies", "checkpoint", "frontier", "backends"},
+    "driver": ROW_1 | {"graph", "policies", "checkpoint", "record", "frontier", "backends"},
     # observers learn about a run from events, never from the frontier's insides
     **dict.fromkeys(OBSERVERS, ROW_1 | {"graph", "policies", "record"}),
     "runners": {m for m, row in LAYERS.items() if row < 7},

@@ -1,0 +1,648 @@
+"""Checkpointing: the cache a graph carries, and what one run does with it.
+
+Design note
+-----------
+A task's value is stored under a *content-addressed key*: a digest of the task's
+name, its code fingerprint (or the ``version`` given for it) and the digests of the
+inputs it actually received (see `keys`).  Consequences:
+
+1. **A rerun of unchanged work calls nothing.**  Every key is found; values are
+   loaded into ``graph.results``.
+2. **A change recomputes what it reaches, and stops where outputs do not change**
+   (early cutoff): a child's key depends on its parents' *output* digests, so a
+   recomputed parent that returns the same value leaves its children cached.
+3. **Failures are never stored**, nor skipped tasks: a rerun after a fix runs
+   exactly the failed tasks and their descendants, in any later process.
+4. **The driver never waits for storage.**  Entries are encoded when a task
+   finishes and handed to one writer thread, which commits them in batches; the
+   run waits for it only at its end (and on Ctrl-C, so finished work is kept).
+5. **The cache never fails a run.**  An entry that cannot be read (torn, corrupt,
+   written by an incompatible version) is a miss with a `CacheWarning`; a value
+   that cannot be encoded, or a store that refuses a write, is a warning too.
+
+Data flow for one task (driver thread, then writer thread)::
+
+    ready ─► key = H(name, code, input digests) ─► store.get ─► hit: value, out digest
+                                                      │
+                                                      └─► miss: run ─► encode ─► writer ─► store
+
+Beside its entries, each task has a small ``'<token>/last'`` record (the key,
+code and inputs of its last run, and whether it failed) that explains the next
+miss: code changed, input changed, failed before.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+import queue
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import CacheWarning, with_article
+from .encoders import (
+    ENCODERS,
+    CorruptEntryError,
+    Encoder,
+    PickleEncoder,
+    pack_entry,
+    unpack_entry,
+)
+from .keys import Fingerprinter, UnhashableError, digest, task_key
+from .store import ChainStore, DirectoryStore, Store, keys_under, open_store
+
+__all__ = [
+    "CacheEntry",
+    "CacheRun",
+    "CacheStats",
+    "ChainStore",
+    "Checkpoint",
+    "DirectoryStore",
+    "Encoder",
+    "Explanation",
+    "Reason",
+    "Store",
+    "WriteMode",
+    "open_store",
+]
+
+Task = Hashable
+WriteMode = Literal["exit", "end", "manual"] | float
+_DEFAULT_ENCODER = ENCODERS["pickle"]
+_UNKNOWN = b"?"  # a digest not computed yet
+_UNHASHABLE = b""  # a value with no canonical digest: its children are never cached
+
+
+class Reason(enum.Enum):
+    """Why a task runs, or why it does not."""
+
+    CACHED = "cached"
+    NO_ENTRY = "no entry"
+    CODE_CHANGED = "code changed"
+    INPUT_CHANGED = "input changed"
+    FAILED_BEFORE = "failed before"
+    RESET = "reset by the user"
+    UNREADABLE = "entry unreadable"
+    UPSTREAM = "an upstream task runs"
+    NOT_CACHED = "not cached"
+    DONE = "already done"
+
+    def __repr__(self) -> str:
+        return f"Reason.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why ``task`` runs (``runs``) or not: the ``reason`` and, when useful, a ``detail``."""
+
+    task: Task
+    runs: bool
+    reason: Reason
+    detail: str = ""
+
+    def __str__(self) -> str:
+        verb = "runs" if self.runs else "does not run"
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.task!r} {verb}: {self.reason.value}{detail}"
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """What a run did with the cache."""
+
+    hits: int = 0
+    misses: int = 0
+    stored: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    warnings: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One stored value: its task, key, size in bytes and when it was written."""
+
+    task: str
+    key: str
+    size: int
+    written: float
+    encoder: str
+
+
+class Checkpoint:
+    """A graph's cache: its store and settings, per task by name.
+
+    Args:
+        store: a `Store` (``MutableMapping[str, bytes]``).
+        write: ``'exit'`` writes each value as its task finishes (the default);
+            a number of seconds writes periodically; ``'end'`` at the end of the
+            run; ``'manual'`` when `save_cache` is called.
+        uncached: tasks whose values are never stored (connections, clients).
+        versions: task -> a version string that replaces its code fingerprint.
+        encoders: task -> an `Encoder`, or ``'pickle'`` / ``'json'``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        write: WriteMode = "exit",
+        uncached: Iterable[Task] = (),
+        versions: Mapping[Task, object] | None = None,
+        encoders: Mapping[Task, Encoder | str] | None = None,
+    ) -> None:
+        self.store = store
+        self.write = _write_mode(write)
+        self.uncached = frozenset(uncached)
+        self.versions = {t: _version_code(t, v) for t, v in (versions or {}).items()}
+        self.encoders = {t: _encoder(t, e) for t, e in (encoders or {}).items()}
+        self.decoders: dict[str, Encoder] = {**ENCODERS}
+        for encoder in self.encoders.values():
+            self.decoders.setdefault(encoder.name, encoder)
+        self.pending: list[tuple[str, bytes | None]] = []  # held by write='manual'
+        self.reset: set[Task] = set()  # reset by the user since the last run
+        self._tokens: dict[Task, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.store!r} write={self.write!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        settings = {
+            "write": self.write,
+            "uncached": self.uncached,
+            "versions": {t: v.hex() for t, v in self.versions.items()},
+            "encoders": self.encoders,
+        }
+        return (_restore, (self.store, settings))
+
+    def token(self, task: Task) -> str:
+        """The key prefix of a task's entries: its name made safe, and a digest of it."""
+        token = self._tokens.get(task)
+        if token is None:
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(task))[:48]
+            token = self._tokens[task] = f"{safe}-{_name_digest(task).hex()[:10]}"
+        return token
+
+    def open_run(
+        self,
+        names: Sequence[Task],
+        parents: Sequence[Sequence[int]],
+        funcs: Mapping[Task, Callable[..., Any]],
+        results: Mapping[Task, Any],
+    ) -> CacheRun:
+        """Start using the cache for one run (call `CacheRun.close` at its end)."""
+        return CacheRun(self, names, parents, funcs, results)
+
+    def forget(self, tasks: Iterable[Task], *, reset: bool = True) -> int:
+        """Drop every stored entry of ``tasks``.
+
+        ``reset``: the user reset them (`reset_tasks`): the next run says so, and
+        their ``last`` records stay to tell a failure from a reset.  Otherwise
+        (`clear_cache`) the records go too.  Returns the number of keys dropped.
+        """
+        tasks = list(tasks)
+        prefixes = tuple(f"{self.token(t)}/" for t in tasks)
+        self.pending = [p for p in self.pending if not p[0].startswith(prefixes)]
+        keys = [key for prefix in prefixes for key in keys_under(self.store, prefix)]
+        if reset:
+            self.reset.update(tasks)
+            keys = [key for key in keys if not key.endswith("/last")]
+        else:
+            self.reset.difference_update(tasks)
+        delete = getattr(self.store, "delete", None)
+        if callable(delete):
+            return int(delete(keys))
+        for key in keys:
+            self.store.pop(key, None)
+        return len(keys)
+
+    def save(self) -> int:
+        """Write the entries held by ``write='manual'``; return how many."""
+        pending, self.pending = self.pending, []
+        _apply(self.store, pending)
+        return sum(1 for key, data in pending if data is not None and not key.endswith("/last"))
+
+    def entries(self, tasks: Iterable[Task] | None = None) -> list[CacheEntry]:
+        """The stored entries, of ``tasks`` only when given, sorted by task then key."""
+        if tasks is None:
+            keys = [k for k in self.store if not k.endswith("/last")]
+        else:
+            keys = [k for t in tasks for k in keys_under(self.store, f"{self.token(t)}/")]
+            keys = [k for k in keys if not k.endswith("/last")]
+        found = []
+        for key in keys:
+            data = self.store.get(key)
+            if data is None:
+                continue
+            try:
+                header, _ = unpack_entry(data)
+            except CorruptEntryError:
+                header = {"task": key.partition("/")[0], "enc": "?", "t": 0.0}
+            found.append(
+                CacheEntry(
+                    task=str(header.get("task")),
+                    key=key,
+                    size=len(data),
+                    written=float(header.get("t", 0.0)),
+                    encoder=str(header.get("enc")),
+                )
+            )
+        return sorted(found, key=lambda e: (e.task, e.key))
+
+
+class CacheRun:
+    """What one run does with the cache: look tasks up, store what ran, explain.
+
+    Call from the driver's thread only; storage happens on a writer thread.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        names: Sequence[Task],
+        parents: Sequence[Sequence[int]],
+        funcs: Mapping[Task, Callable[..., Any]],
+        results: Mapping[Task, Any],
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.store = checkpoint.store
+        self.names, self.parents, self.funcs, self.results = names, parents, funcs, results
+        n = len(names)
+        self.digests: list[bytes] = [_UNKNOWN] * n
+        self.keys: list[str | None] = [None] * n
+        self.inputs: list[tuple[bytes, list[bytes]] | None] = [None] * n
+        self.why: dict[Task, Explanation] = {}
+        self.stats = CacheStats()
+        self.present: set[str] | None = None  # every key in the store, after a first miss
+        self.fingerprint = Fingerprinter()
+        self.writer = _Writer(self.store, checkpoint.write, self._warn)
+
+    # -- looking up ----------------------------------------------------------
+
+    def lookup(self, tid: int) -> tuple[bool, Any]:
+        """``(True, value)`` when the task's entry is stored, else ``(False, None)``.
+
+        Call when the task is ready, before its parents' results may be dropped.
+        """
+        name = self.names[tid]
+        key = self._key(tid)
+        if key is None:
+            return False, None
+        present = self.present
+        data = None if present is not None and key not in present else self._get(key)
+        if data is not None:
+            try:
+                value, out = self._decode(data)
+            except Exception as exc:  # torn, corrupt, or written by another version
+                self._warn(f"task {name!r}: cached entry unreadable, running it again: {exc}")
+                return self._miss(tid, Reason.UNREADABLE, str(exc))
+            self.digests[tid] = out
+            self.stats.hits += 1
+            self.stats.bytes_read += len(data)
+            self.why[name] = Explanation(name, False, Reason.CACHED)
+            return True, value
+        return self._miss(tid, *self._reason(tid))
+
+    def _miss(self, tid: int, reason: Reason, detail: str = "") -> tuple[bool, Any]:
+        self.stats.misses += 1
+        name = self.names[tid]
+        self.why[name] = Explanation(name, True, reason, detail)
+        return False, None
+
+    def _key(self, tid: int) -> str | None:
+        """The task's store key, or None (and the reason recorded) when it has none."""
+        name = self.names[tid]
+        checkpoint = self.checkpoint
+        if name in checkpoint.uncached:
+            self.why[name] = Explanation(name, True, Reason.NOT_CACHED, "opted out")
+            return None
+        inputs = []
+        for p in self.parents[tid]:
+            value = self.results.get(self.names[p])
+            if value is None:
+                continue  # not passed, so not an input
+            d = self.digests[p]
+            if d is _UNKNOWN:
+                d = self.digests[p] = _digest_or_empty(value)
+            if not d:
+                detail = f"the result of {self.names[p]!r} ({type(value).__name__}) has no digest"
+                self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
+                return None
+            inputs.append(d)
+        code = checkpoint.versions.get(name)
+        if code is None:
+            try:
+                code = self.fingerprint(self.funcs[name])
+            except Exception as exc:  # a bug of ours must not fail the run
+                self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
+                self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
+                return None
+        key = f"{checkpoint.token(name)}/{task_key(_name_digest(name), code, inputs)}"
+        self.keys[tid] = key
+        self.inputs[tid] = (code, inputs)
+        return key
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            data = self.store.get(key)
+        except Exception as exc:
+            self._warn(f"cache store could not be read ({exc!r}); the task runs")
+            return None
+        if data is None and self.present is None:
+            self._list_keys()
+        return data
+
+    def _list_keys(self) -> None:
+        """Remember every key in the store: later misses cost a set lookup, not a read."""
+        try:
+            self.present = set(self.store)
+        except Exception as exc:
+            self._warn(f"cache store could not be listed ({exc!r})")
+            self.present = None
+
+    def _decode(self, data: bytes) -> tuple[Any, bytes]:
+        header, payload = unpack_entry(data)
+        encoder = self.checkpoint.decoders.get(header["enc"])
+        if encoder is None:
+            raise CorruptEntryError(f"written with unknown encoder {header['enc']!r}")
+        if not isinstance(encoder, PickleEncoder):
+            payload = bytes(payload)  # type: ignore[assignment]
+        value = encoder.decode(payload)  # type: ignore[arg-type]
+        out = header.get("out")
+        return value, bytes.fromhex(out) if out else _UNHASHABLE
+
+    def _reason(self, tid: int) -> tuple[Reason, str]:
+        name = self.names[tid]
+        last = self._last(name)
+        if last is not None and last.get("failed"):
+            return Reason.FAILED_BEFORE, str(last["failed"])
+        if name in self.checkpoint.reset:
+            return Reason.RESET, ""
+        if last is None:
+            return Reason.NO_ENTRY, ""
+        entry = self.inputs[tid]
+        assert entry is not None
+        code, inputs = entry
+        if last.get("code") != code.hex():
+            return Reason.CODE_CHANGED, ""
+        if last.get("in") != [d.hex() for d in inputs]:
+            changed = self._changed_inputs(tid, last.get("in"))
+            return Reason.INPUT_CHANGED, changed
+        return Reason.NO_ENTRY, "its entry was removed"
+
+    def _changed_inputs(self, tid: int, before: object) -> str:
+        if not isinstance(before, list):
+            return ""
+        now = [
+            (self.names[p], self.digests[p].hex())
+            for p in self.parents[tid]
+            if self.results.get(self.names[p]) is not None
+        ]
+        if len(now) != len(before):
+            return "a different number of inputs"
+        changed = [name for (name, d), b in zip(now, before, strict=True) if d != b]
+        return "from " + ", ".join(map(repr, changed))
+
+    def _last(self, name: Task) -> dict[str, Any] | None:
+        key = f"{self.checkpoint.token(name)}/last"
+        if self.present is not None and key not in self.present:
+            return None
+        try:
+            data = self.store.get(key)
+            last = json.loads(data) if data is not None else None
+        except Exception:
+            return None
+        return last if isinstance(last, dict) else None
+
+    # -- storing -------------------------------------------------------------
+
+    def stored(self, tid: int, value: Any) -> None:
+        """Store a task's value (it ran and returned).  Encodes now, writes later."""
+        key = self.keys[tid]
+        if key is None:
+            return
+        name = self.names[tid]
+        out = self.digests[tid] = _digest_or_empty(value)
+        encoder = self.checkpoint.encoders.get(name, _DEFAULT_ENCODER)
+        try:
+            payload = encoder.encode(value)
+        except Exception as exc:
+            self._warn(
+                f"task {name!r}: result not cached: {encoder.name} cannot encode "
+                f"{type(value).__name__} ({exc})"
+            )
+            return
+        code, inputs = self.inputs[tid]  # type: ignore[misc]
+        digests = [d.hex() for d in inputs]
+        meta = {"out": out.hex(), "code": code.hex(), "in": digests, "task": _label(name)}
+        data = pack_entry(payload, encoder.name, {**meta, "t": time.time()})
+        last = {"key": key, "code": meta["code"], "in": digests}
+        self.stats.stored += 1
+        self.stats.bytes_written += len(data)
+        self.writer.put([(key, data), (f"{self.checkpoint.token(name)}/last", _json(last))])
+
+    def failed(self, tid: int, error: BaseException) -> None:
+        """Remember that the task failed (nothing is stored for it)."""
+        key = self.keys[tid]
+        entry = self.inputs[tid]
+        if key is None or entry is None:
+            return
+        code, inputs = entry
+        failed = f"{type(error).__name__}: {error}"[:200]
+        last = {"key": key, "code": code.hex(), "in": [d.hex() for d in inputs], "failed": failed}
+        self.writer.put([(f"{self.checkpoint.token(self.names[tid])}/last", _json(last))])
+
+    def close(self, *, write: bool = True) -> None:
+        """Write what is due (everything but ``write='manual'`` entries) and stop the writer.
+
+        ``write=False`` ends a dry run (`explain`): nothing was stored, nothing is reset.
+        """
+        held = self.writer.close()
+        if not write:
+            return
+        self.checkpoint.pending.extend(held)
+        self.checkpoint.reset.clear()
+        for message in self.writer.errors:
+            self._warn(message)
+
+    def _warn(self, message: str) -> None:
+        self.stats.warnings += 1
+        warnings.warn(message, CacheWarning, stacklevel=2)
+
+
+class _Writer:
+    """The writer thread: commits batches of ``(key, bytes or None to delete)``."""
+
+    _STOP = object()
+
+    def __init__(self, store: Store, mode: WriteMode, warn: Callable[[str], None]) -> None:
+        self.store = store
+        self.mode = mode
+        self.hold = mode != "exit"
+        self.held: list[tuple[str, bytes | None]] = []
+        self.lock = threading.Lock()
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.errors: list[str] = []  # warned from the driver's thread, at close
+        self.interval = mode if isinstance(mode, float) else None
+        self.thread: threading.Thread | None = None
+
+    def put(self, items: list[tuple[str, bytes | None]]) -> None:
+        if self.hold:
+            with self.lock:
+                self.held.extend(items)
+            if self.interval is None:
+                return
+        else:
+            self.queue.put(items)
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name="taskmap-cache", daemon=True)
+            self.thread.start()
+
+    def close(self) -> list[tuple[str, bytes | None]]:
+        """Write what is due, stop the thread; return what ``'manual'`` still holds."""
+        with self.lock:
+            held, self.held = self.held, []
+        if self.mode == "manual":
+            kept, held = held, []
+        else:
+            kept = []
+        if self.thread is not None:
+            if held:
+                self.queue.put(held)
+            self.queue.put(self._STOP)
+            self.thread.join()
+        elif held:
+            self._write(held)
+        return kept
+
+    def _loop(self) -> None:
+        get = self.queue.get
+        while True:
+            batch: list[tuple[str, bytes | None]] = []
+            stop = False
+            try:
+                item = get(timeout=self.interval)
+            except queue.Empty:  # write='<seconds>': time to write what is held
+                with self.lock:
+                    batch, self.held = self.held, []
+                self._write(batch)
+                continue
+            while True:
+                if item is self._STOP:
+                    stop = True
+                else:
+                    batch.extend(item)
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[str, bytes | None]]) -> None:
+        try:
+            _apply(self.store, batch)
+        except Exception as exc:
+            self.errors.append(f"{len(batch)} cache writes failed: {exc!r}")
+
+
+def _apply(store: Store, batch: Sequence[tuple[str, bytes | None]]) -> None:
+    """Write and delete in order: the last operation on a key wins."""
+    final: dict[str, bytes | None] = {}
+    for key, data in batch:
+        final.pop(key, None)
+        final[key] = data
+    writes = {k: d for k, d in final.items() if d is not None}
+    if writes:
+        store.update(writes)
+    for key in (k for k, d in final.items() if d is None):
+        store.pop(key, None)
+
+
+def _digest_or_empty(value: object) -> bytes:
+    try:
+        return digest(value)
+    except UnhashableError:
+        return _UNHASHABLE
+    except RecursionError:
+        return _UNHASHABLE
+
+
+_NAME_DIGESTS: dict[Task, bytes] = {}
+
+
+def _name_digest(name: Task) -> bytes:
+    d = _NAME_DIGESTS.get(name)
+    if d is None:
+        try:
+            d = digest(name)
+        except UnhashableError:
+            d = hashlib.blake2b(repr(name).encode(), digest_size=16).digest()
+        if len(_NAME_DIGESTS) < 1_000_000:
+            _NAME_DIGESTS[name] = d
+    return d
+
+
+def _label(name: Task) -> str:
+    return name if isinstance(name, str) else repr(name)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _write_mode(write: object) -> WriteMode:
+    if write == "exit" or write == "end" or write == "manual":
+        return write
+    number = isinstance(write, int | float) and not isinstance(write, bool)
+    if number and math.isfinite(write) and write > 0:  # type: ignore[arg-type,operator]
+        return float(write)  # type: ignore[arg-type]
+    raise ValueError(
+        f"cache_write must be 'exit', 'end', 'manual' or a number of seconds > 0 (got {write!r})"
+    )
+
+
+def _version_code(task: Task, version: object) -> bytes:
+    if not isinstance(version, str | int) or isinstance(version, bool):
+        raise TypeError(
+            f"the version of task {task!r} must be a str or an int "
+            f"(got {version!r:.60}, {with_article(type(version).__name__)})"
+        )
+    return hashlib.blake2b(f"version:{version}".encode(), digest_size=16).digest()
+
+
+def _encoder(task: Task, encoder: object) -> Encoder:
+    if isinstance(encoder, str):
+        try:
+            return ENCODERS[encoder]
+        except KeyError:
+            known = ", ".join(map(repr, ENCODERS))
+            raise ValueError(
+                f"task {task!r}: unknown encoder {encoder!r} (known: {known}, or an object "
+                "with name, encode and decode)"
+            ) from None
+    if isinstance(encoder, Encoder):
+        return encoder
+    raise TypeError(
+        f"the encoder of task {task!r} must be 'pickle', 'json' or an object with name, "
+        f"encode and decode (got {encoder!r:.60})"
+    )
+
+
+def _restore(store: Store, settings: dict[str, Any]) -> Checkpoint:
+    checkpoint = Checkpoint(
+        store,
+        write=settings["write"],
+        uncached=settings["uncached"],
+        encoders=settings["encoders"],
+    )
+    checkpoint.versions = {t: bytes.fromhex(v) for t, v in settings["versions"].items()}
+    return checkpoint

@@ -1,0 +1,462 @@
+"""Checkpointing through the runners: what reruns, what is served from the cache, and why.
+
+Calls are counted through files (`calls` fixture), since tasks may run in workers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+import taskmap
+from taskmap import Reason
+from tests.conftest import Calls
+
+Runner = Callable[..., taskmap.Graph]
+
+
+def chain(calls: Calls, store: object, **options: Any) -> taskmap.Graph:
+    """a -> b -> c, plus d alone."""
+    funcs = {name: calls.task(name) for name in "abcd"}
+    deps = {"a": [], "b": ["a"], "c": ["b"], "d": []}
+    return taskmap.create_graph(funcs, deps, cache=store, **options)
+
+
+def counts(calls: Calls, names: str = "abcd") -> dict[str, int]:
+    return {name: calls.count(name) for name in names}
+
+
+def reasons(graph: taskmap.Graph) -> dict[Any, Reason]:
+    assert graph.stats is not None
+    return {task: why.reason for task, why in graph.stats.why.items()}
+
+
+def test_unchanged_rerun_calls_nothing_and_loads_every_result(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    store = tmp_path / "cache"
+    first = runner(chain(calls, store))
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    second = runner(chain(calls, store))
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert (
+        second.results == first.results == {"a": "a()", "b": "b(a())", "c": "c(b(a()))", "d": "d()"}
+    )
+    assert sorted(second.done) == ["a", "b", "c", "d"]
+    assert second.stats is not None
+    assert second.stats.cache is not None
+    assert (second.stats.cache.hits, second.stats.cache.misses) == (4, 0)
+    assert set(reasons(second).values()) == {Reason.CACHED}
+    assert reasons(first) == dict.fromkeys("abcd", Reason.NO_ENTRY)
+
+
+def test_changed_function_reruns_only_what_its_output_reaches(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    store = tmp_path / "cache"
+    runner(chain(calls, store))
+    # same output from new code: b reruns, c is cut off (early cutoff)
+    graph = chain(calls, store)
+    graph.funcs["b"] = same_output_b
+    runner(graph)
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert reasons(graph) == {
+        "a": Reason.CACHED,
+        "b": Reason.CODE_CHANGED,
+        "c": Reason.CACHED,
+        "d": Reason.CACHED,
+    }
+    # new output: c reruns because its input changed
+    graph = chain(calls, store)
+    graph.funcs["b"] = other_output_b
+    runner(graph)
+    assert counts(calls) == {"a": 1, "b": 1, "c": 2, "d": 1}
+    assert graph.results["c"] == "c(B!)"
+    assert reasons(graph)["c"] is Reason.INPUT_CHANGED
+    assert graph.stats is not None
+    assert graph.stats.why["c"].detail == "from 'b'"
+
+
+def same_output_b(a: str) -> str:
+    return "b" + "(" + a + ")"  # new code, the same value
+
+
+def other_output_b(a: str) -> str:
+    return "B!"
+
+
+def test_failed_tasks_are_not_stored_and_rerun_with_their_descendants(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    store = tmp_path / "cache"
+    graph = chain(calls, store)
+    graph.funcs["b"] = calls.task("b", fail=True)
+    runner(graph)
+    assert isinstance(graph.results["b"], ValueError)
+    assert isinstance(graph.results["c"], taskmap.UpstreamFailedError)
+    names = {entry.task for entry in taskmap.list_cache(graph)}
+    assert names == {"a", "d"}
+    fixed = runner(chain(calls, store))  # a later run, with b fixed
+    assert counts(calls) == {"a": 1, "b": 2, "c": 1, "d": 1}
+    assert fixed.results["c"] == "c(b(a()))"
+    assert reasons(fixed)["b"] is Reason.FAILED_BEFORE
+    assert fixed.stats is not None
+    assert "ValueError: task b exploded" in fixed.stats.why["b"].detail
+    assert reasons(fixed)["c"] is Reason.NO_ENTRY
+
+
+def test_reset_tasks_drops_the_entries_of_the_tasks_it_resets(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    store = tmp_path / "cache"
+    graph = runner(chain(calls, store))
+    taskmap.reset_tasks(graph, "b")
+    assert {entry.task for entry in taskmap.list_cache(graph)} == {"a", "d"}
+    runner(graph)
+    assert counts(calls) == {"a": 1, "b": 2, "c": 2, "d": 1}
+    assert reasons(graph) == {"b": Reason.RESET, "c": Reason.RESET}
+    runner(chain(calls, store))  # and the new entries are stored again
+    assert counts(calls) == {"a": 1, "b": 2, "c": 2, "d": 1}
+
+
+def test_reset_failed_tasks_reruns_them_in_the_same_session(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    flag = tmp_path / "broken"
+    flag.write_text("yes")
+    graph = taskmap.create_graph(
+        {"a": calls.task("a"), "b": flaky(str(flag), calls.path("b"))},
+        {"a": [], "b": ["a"]},
+        cache=tmp_path / "cache",
+    )
+    runner(graph)
+    assert isinstance(graph.results["b"], OSError)
+    flag.unlink()
+    runner(taskmap.reset_failed_tasks(graph))
+    assert graph.results["b"] == "fixed a()"
+    assert counts(calls, "ab") == {"a": 1, "b": 2}
+    assert reasons(graph) == {"b": Reason.FAILED_BEFORE}
+
+
+def flaky(flag: str, path: str) -> Callable[[str], str]:
+    def b(a: str) -> str:
+        import os
+
+        with open(path, "a") as file:
+            file.write("x")
+        if os.path.exists(flag):
+            raise OSError("database is down")
+        return "fixed " + a
+
+    return b
+
+
+def test_uncached_task_always_runs_and_its_children_stay_cached(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    store = tmp_path / "cache"
+    runner(chain(calls, store, uncached=["b"]))
+    graph = runner(chain(calls, store, uncached=["b"]))
+    assert counts(calls) == {"a": 1, "b": 2, "c": 1, "d": 1}
+    assert graph.stats is not None
+    assert graph.stats.why["b"].reason is Reason.NOT_CACHED
+    assert graph.stats.why["b"].detail == "opted out"
+    assert {entry.task for entry in taskmap.list_cache(graph)} == {"a", "c", "d"}
+
+
+def test_version_overrides_the_code_fingerprint(
+    runner: Runner, calls: Calls, tmp_path: Path
+) -> None:
+    store = tmp_path / "cache"
+    runner(chain(calls, store, versions={"b": 1}))
+    graph = chain(calls, store, versions={"b": 1})
+    graph.funcs["b"] = other_output_b  # new code, same version: still cached
+    runner(graph)
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert graph.results["b"] == "b(a())"
+    runner(chain(calls, store, versions={"b": 2}))
+    assert counts(calls) == {"a": 1, "b": 2, "c": 1, "d": 1}  # c: b's output is unchanged
+
+
+def test_none_results_are_not_inputs(runner: Runner, calls: Calls, tmp_path: Path) -> None:
+    def build() -> taskmap.Graph:
+        funcs = {"a": calls.task("a", none=True), "b": calls.task("b"), "c": calls.task("c")}
+        deps = {"a": [], "b": [], "c": ["a", "b"]}
+        return taskmap.create_graph(funcs, deps, cache=tmp_path / "cache")
+
+    runner(build())
+    graph = runner(build())
+    assert graph.results == {"a": None, "b": "b()", "c": "c(b())"}
+    assert counts(calls, "abc") == {"a": 1, "b": 1, "c": 1}
+
+
+def test_dict_store_and_stats(calls: Calls) -> None:
+    store: dict[str, bytes] = {}
+    graph = taskmap.run(chain(calls, store))
+    assert graph.stats is not None
+    assert graph.stats.cache is not None
+    stats = graph.stats.cache
+    assert (stats.hits, stats.misses, stats.stored) == (0, 4, 4)
+    assert stats.bytes_written == sum(len(v) for k, v in store.items() if not k.endswith("/last"))
+    entries = taskmap.list_cache(graph)
+    assert [e.task for e in entries] == ["a", "b", "c", "d"]
+    assert all(e.encoder == "pickle" and e.size > 0 for e in entries)
+    again = taskmap.run(chain(calls, store))
+    assert again.stats is not None
+    assert again.stats.cache is not None
+    assert again.stats.cache.hits == 4
+    assert again.stats.cache.bytes_read == stats.bytes_written
+
+
+def test_explain_says_why_each_task_would_run(calls: Calls, tmp_path: Path) -> None:
+    store = tmp_path / "cache"
+    before = taskmap.explain(chain(calls, store))
+    assert {t: e.reason for t, e in before.items()} == {
+        "a": Reason.NO_ENTRY,
+        "b": Reason.UPSTREAM,
+        "c": Reason.UPSTREAM,
+        "d": Reason.NO_ENTRY,
+    }
+    assert (
+        str(before["b"])
+        == "'b' runs: an upstream task runs ('a' runs; unchanged output leaves it cached)"
+    )
+    taskmap.run(chain(calls, store))
+    graph = chain(calls, store)
+    graph.funcs["b"] = other_output_b
+    after = taskmap.explain(graph)
+    assert {t: (e.runs, e.reason) for t, e in after.items()} == {
+        "a": (False, Reason.CACHED),
+        "b": (True, Reason.CODE_CHANGED),
+        "c": (True, Reason.UPSTREAM),
+        "d": (False, Reason.CACHED),
+    }
+    assert str(after["a"]) == "'a' does not run: cached"
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}  # a dry run calls nothing
+    assert graph.results == {}
+    assert graph.done == []
+    done = taskmap.run(graph)
+    assert taskmap.explain(done)["c"].reason is Reason.DONE
+    assert str(taskmap.explain(taskmap.create_graph({"x": int}, {"x": []}))["x"]) == (
+        "'x' runs: not cached (the graph has no cache)"
+    )
+
+
+def test_corrupt_entry_is_a_miss_with_a_warning(calls: Calls, tmp_path: Path) -> None:
+    store = tmp_path / "cache"
+    graph = taskmap.run(chain(calls, store))
+    key = next(e.key for e in taskmap.list_cache(graph, "b"))
+    db = sqlite3.connect(store / "taskmap-cache.sqlite3")
+    with db:  # a torn write: the entry loses its tail
+        db.execute(
+            "UPDATE entries SET value = substr(value, 1, length(value) - 3) WHERE key = ?", (key,)
+        )
+    db.close()
+    with pytest.warns(
+        taskmap.CacheWarning,
+        match=r"task 'b': cached entry unreadable, running it again: entry payload is torn",
+    ):
+        graph = taskmap.run(chain(calls, store))
+    assert counts(calls) == {"a": 1, "b": 2, "c": 1, "d": 1}
+    assert graph.results["c"] == "c(b(a()))"
+    assert reasons(graph)["b"] is Reason.UNREADABLE
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"", b"TMCK", b"not an entry at all", b"TMCK\x09\x00\x00\x00\x02{}"]
+)
+def test_garbage_entries_are_misses(calls: Calls, garbage: bytes) -> None:
+    store: dict[str, bytes] = {}
+    graph = taskmap.run(chain(calls, store))
+    for entry in taskmap.list_cache(graph):
+        store[entry.key] = garbage
+    with pytest.warns(taskmap.CacheWarning, match="cached entry unreadable"):
+        graph = taskmap.run(chain(calls, store))
+    assert counts(calls) == {"a": 2, "b": 2, "c": 2, "d": 2}
+    assert graph.results["c"] == "c(b(a()))"
+
+
+def test_value_that_fails_to_decode_is_recomputed(calls: Calls) -> None:
+    store: dict[str, bytes] = {}
+    graph = taskmap.create_graph({"a": make_unloadable}, {"a": []}, cache=store)
+    taskmap.run(graph)
+    graph = taskmap.create_graph({"a": make_unloadable}, {"a": []}, cache=store)
+    with pytest.warns(
+        taskmap.CacheWarning, match=r"task 'a': cached entry unreadable.*cannot load"
+    ):
+        taskmap.run(graph)
+    assert isinstance(graph.results["a"], Unloadable)
+
+
+class Unloadable:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (refuse, ())
+
+
+def refuse() -> None:
+    raise RuntimeError("cannot load")
+
+
+def make_unloadable() -> Unloadable:
+    return Unloadable()
+
+
+def test_unpicklable_result_is_not_cached_and_the_run_goes_on(tmp_path: Path) -> None:
+    graph = taskmap.create_graph(
+        {"lock": threading.Lock, "n": lambda: 3}, {"lock": [], "n": []}, cache=tmp_path / "c"
+    )
+    with pytest.warns(
+        taskmap.CacheWarning, match=r"task 'lock': result not cached: pickle cannot encode lock"
+    ):
+        taskmap.run(graph)
+    assert graph.results["n"] == 3
+    assert [e.task for e in taskmap.list_cache(graph)] == ["n"]
+
+
+def test_child_of_a_value_without_digest_is_not_cached(calls: Calls, tmp_path: Path) -> None:
+    def build() -> taskmap.Graph:
+        funcs = {"conn": threading.Lock, "use": calls.task("use")}
+        deps = {"conn": [], "use": ["conn"]}
+        return taskmap.create_graph(funcs, deps, cache=tmp_path / "c", uncached=["conn"])
+
+    taskmap.run(build())
+    graph = taskmap.run(build())
+    assert calls.count("use") == 2
+    assert graph.stats is not None
+    assert graph.stats.why["use"].reason is Reason.NOT_CACHED
+    assert "'conn'" in graph.stats.why["use"].detail
+
+
+def test_encoders_per_task(calls: Calls) -> None:
+    store: dict[str, bytes] = {}
+
+    def build() -> taskmap.Graph:
+        funcs = {"j": big_list, "raw": big_list, "z": big_list}
+        deps: dict[str, list[str]] = {"j": [], "raw": [], "z": []}
+        encoders = {"j": "json", "raw": taskmap.PickleEncoder(level=0)}
+        return taskmap.create_graph(funcs, deps, cache=store, encoders=encoders)
+
+    taskmap.run(build())
+    sizes = {e.task: (e.encoder, e.size) for e in taskmap.list_cache(build())}
+    assert sizes["j"][0] == "json"
+    assert sizes["raw"][0] == sizes["z"][0] == "pickle"
+    assert sizes["z"][1] * 10 < sizes["raw"][1]  # compressed
+    again = taskmap.run(build())
+    assert again.results["j"] == again.results["z"] == big_list()
+
+
+def big_list() -> list[int]:
+    return [7] * 10_000
+
+
+class Upper:
+    """A custom encoder: str values, stored upper-cased."""
+
+    name = "upper"
+
+    def encode(self, value: Any) -> bytes:
+        return str(value).upper().encode()
+
+    def decode(self, data: bytes) -> Any:
+        return data.decode()
+
+
+def test_custom_encoder(tmp_path: Path) -> None:
+    def build() -> taskmap.Graph:
+        return taskmap.create_graph(
+            {"a": lambda: "quiet"}, {"a": []}, cache=tmp_path / "c", encoders={"a": Upper()}
+        )
+
+    assert taskmap.run(build()).results["a"] == "quiet"
+    assert taskmap.run(build()).results["a"] == "QUIET"  # decoded by the custom encoder
+
+
+def test_manual_and_end_write_modes(calls: Calls) -> None:
+    store: dict[str, bytes] = {}
+    graph = taskmap.run(chain(calls, store, cache_write="manual"))
+    assert store == {}
+    assert taskmap.save_cache(graph) == 4
+    assert [e.task for e in taskmap.list_cache(graph)] == ["a", "b", "c", "d"]
+    assert taskmap.save_cache(graph) == 0
+    for mode in ("end", 0.01):
+        graph = taskmap.run(chain(calls, {}, cache_write=mode))
+        assert len(taskmap.list_cache(graph)) == 4
+
+
+def test_chain_store_reads_from_each_and_writes_to_the_first(calls: Calls) -> None:
+    local: dict[str, bytes] = {}
+    team: dict[str, bytes] = {}
+    taskmap.run(chain(calls, team))
+    graph = taskmap.run(chain(calls, [local, team]))
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    graph.funcs["d"] = big_list
+    taskmap.run(taskmap.reset_tasks(graph, "d"))
+    assert [k for k in local if not k.endswith("/last")] != []
+    assert all(k.startswith("d-") for k in local)
+
+
+def test_clear_cache_per_task_and_for_the_graph(calls: Calls, tmp_path: Path) -> None:
+    graph = taskmap.run(chain(calls, tmp_path / "c"))
+    other = taskmap.create_graph({"x": lambda: 1}, {"x": []}, cache=tmp_path / "c")
+    taskmap.run(other)
+    assert taskmap.clear_cache(graph, "d") == 2  # the entry and its 'last' record
+    assert [e.task for e in taskmap.list_cache(graph)] == ["a", "b", "c"]
+    assert taskmap.clear_cache(graph) == 6
+    assert taskmap.list_cache(graph) == []
+    assert [e.task for e in taskmap.list_cache(other)] == ["x"]  # another graph's entries stay
+    graph = taskmap.run(chain(calls, tmp_path / "c"))
+    assert set(reasons(graph).values()) == {Reason.NO_ENTRY}
+
+
+def test_graph_with_a_cache_pickles(calls: Calls, tmp_path: Path) -> None:
+    graph = taskmap.run(chain(calls, tmp_path / "c", versions={"a": 3}, uncached=["d"]))
+    loaded = cloudpickle.loads(cloudpickle.dumps(graph))  # the tasks are closures
+    assert loaded.checkpoint is not None
+    assert loaded.checkpoint.uncached == {"d"}
+    taskmap.run(taskmap.reset_tasks(loaded, "d"))
+    fresh = taskmap.run(chain(calls, tmp_path / "c", versions={"a": 3}))
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 3}
+    assert fresh.results["a"] == "a()"
+
+
+def test_bad_cache_arguments_name_the_problem(tmp_path: Path) -> None:
+    funcs, deps = {"a": int}, {"a": []}
+    with pytest.raises(
+        TypeError,
+        match=r"cache must be a directory path, a MutableMapping\[str, bytes\] or a list of "
+        r"those \(got 3, an int\)",
+    ):
+        taskmap.create_graph(funcs, deps, cache=3)
+    with pytest.raises(taskmap.UnknownTaskError, match="uncached"):
+        taskmap.create_graph(funcs, deps, cache={}, uncached=["nope"])
+    with pytest.raises(taskmap.UnknownTaskError, match="versions"):
+        taskmap.create_graph(funcs, deps, cache={}, versions={"nope": 1})
+    with pytest.raises(
+        ValueError, match=r"task 'a': unknown encoder 'yaml' \(known: 'pickle', 'json'"
+    ):
+        taskmap.create_graph(funcs, deps, cache={}, encoders={"a": "yaml"})
+    with pytest.raises(
+        TypeError, match=r"the version of task 'a' must be a str or an int \(got 1.5, a float\)"
+    ):
+        taskmap.create_graph(funcs, deps, cache={}, versions={"a": 1.5})
+    with pytest.raises(
+        ValueError,
+        match=r"cache_write must be 'exit', 'end', 'manual' or a number of seconds > 0 "
+        r"\(got 'sometimes'\)",
+    ):
+        taskmap.create_graph(funcs, deps, cache={}, cache_write="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match="uncached, versions and encoders need a cache: pass cache="
+    ):
+        taskmap.create_graph(funcs, deps, uncached=["a"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        taskmap.create_graph(funcs, deps, cache=tmp_path / "file")
+    with pytest.raises(ValueError, match="save_cache: the graph has no cache"):
+        taskmap.save_cache(taskmap.create_graph(funcs, deps))
