@@ -466,10 +466,13 @@ class AsyncDriver:
             while backend.capacity() > 0 and (tid := frontier.pop_ready()) >= 0:
                 self._start_on_backend(tid, backend)
         else:
-            while (tid := frontier.pop_ready_io()) >= 0:
-                self._start_here(tid)
-            while backend.capacity() > 0 and (tid := frontier.pop_ready_cpu()) >= 0:
-                self._start_on_backend(tid, backend)
+            while True:
+                while (tid := frontier.pop_ready_io()) >= 0:
+                    self._start_here(tid)
+                while backend.capacity() > 0 and (tid := frontier.pop_ready_cpu()) >= 0:
+                    self._start_on_backend(tid, backend)
+                if not frontier.ready_io:  # a cache hit among the CPU tasks can ready io
+                    break
         if not frontier.unfinished and self.finished is not None and not self.finished.done():
             self.finished.set_result(None)
 

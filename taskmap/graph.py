@@ -125,7 +125,7 @@ class Graph:
             ``<name>-worker``).
         logging_config: as given to `create_graph`.
         checkpoint: the graph's cache (`create_graph`'s ``cache=``), or None.
-        stats: what the last run did (a `RunStats`), None before the first run.
+        stats: what the last run did (a `RunStats`; empty before the first run).
     """
 
     funcs: dict[Task, Callable[..., Any]]
@@ -137,7 +137,7 @@ class Graph:
     logging_config: dict[str, Any] = field(default_factory=dict)
     plan: Plan = field(default=None, repr=False)  # type: ignore[assignment]
     checkpoint: Checkpoint | None = field(default=None, repr=False)
-    stats: RunStats | None = field(default=None, repr=False)
+    stats: RunStats = field(default_factory=RunStats, repr=False)
 
     @property
     def failed(self) -> list[Task]:
