@@ -369,6 +369,7 @@ class AsyncDriver:
         self.threads: ThreadPoolExecutor | None = None
         self.finished: asyncio.Future[None] | None = None
         self.inline_call = False  # a plain function is running on the loop right now
+        self.backend_started = False
         # drop_results: how many children of each task have yet to take its result
         self.consumers: list[int] | None = None
         if drop_results:
@@ -383,8 +384,9 @@ class AsyncDriver:
         restore_sigint = self._interrupt_inline_calls()
         self.outcomes.start_run()
         try:
-            if self.backend is not None:
-                self.backend.start(self._backend_tasks())
+            # With a cache, workers start at the first miss: a cached rerun starts none.
+            if self.backend is not None and self.outcomes.cache is None:
+                self._start_backend(self.backend, 0)
             self._pump()
             await self.finished
             _check_drained(self.frontier)
@@ -425,6 +427,14 @@ class AsyncDriver:
 
         return restore
 
+    def _start_backend(self, backend: Backend, running: int) -> None:
+        backend.start(self._backend_tasks() + running)
+        self.backend_started = True
+
+    def _capacity(self, backend: Backend) -> int:
+        # before the backend starts (a cache lookup comes first), take one task
+        return backend.capacity() if self.backend_started else 1
+
     def _backend_tasks(self) -> int:
         """How many tasks of this run go to the backend (they are all in the frontier)."""
         state, frontier = self.frontier.state, self.frontier
@@ -463,13 +473,13 @@ class AsyncDriver:
             if yielded:
                 return
         elif self.all_on_backend:
-            while backend.capacity() > 0 and (tid := frontier.pop_ready()) >= 0:
+            while self._capacity(backend) > 0 and (tid := frontier.pop_ready()) >= 0:
                 self._start_on_backend(tid, backend)
         else:
             while True:
                 while (tid := frontier.pop_ready_io()) >= 0:
                     self._start_here(tid)
-                while backend.capacity() > 0 and (tid := frontier.pop_ready_cpu()) >= 0:
+                while self._capacity(backend) > 0 and (tid := frontier.pop_ready_cpu()) >= 0:
                     self._start_on_backend(tid, backend)
                 if not frontier.ready_io:  # a cache hit among the CPU tasks can ready io
                     break
@@ -532,6 +542,8 @@ class AsyncDriver:
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
         if self.outcomes.cache is not None and self._cached(tid):
             return
+        if not self.backend_started:
+            self._start_backend(backend, 1)
         name = self.graph.plan.names[tid]
         args = self._args(tid)
         try:

@@ -16,6 +16,7 @@ import pytest
 
 import taskmap
 from taskmap import Reason
+from taskmap.backends.processes import ProcessPool
 from tests.conftest import Calls
 
 Runner = Callable[..., taskmap.Graph]
@@ -471,3 +472,21 @@ def test_cached_rerun_reaches_io_tasks_below_cpu_tasks(
     assert counts(calls, ["fetch", "parse", "load", "report"]) == dict.fromkeys(
         ["fetch", "parse", "load", "report"], 1
     )
+
+
+@pytest.mark.parametrize("runner", [taskmap.run_parallel, taskmap.run_parallel_async])
+def test_cached_rerun_starts_no_worker_process(
+    runner: Runner, calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner(chain(calls, tmp_path / "c"), ncores=2)
+
+    def refuse(self: object, tasks: int) -> None:
+        raise AssertionError("a fully cached run started the worker pool")
+
+    monkeypatch.setattr(ProcessPool, "start", refuse)
+    graph = runner(chain(calls, tmp_path / "c"), ncores=2)
+    assert graph.results["c"] == "c(b(a()))"
+    graph = chain(calls, tmp_path / "c")
+    graph.funcs["d"] = big_list  # one miss: the pool starts for it
+    monkeypatch.undo()
+    assert runner(graph, ncores=2).results["d"] == big_list()
