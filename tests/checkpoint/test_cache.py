@@ -490,3 +490,30 @@ def test_cached_rerun_starts_no_worker_process(
     graph.funcs["d"] = big_list  # one miss: the pool starts for it
     monkeypatch.undo()
     assert runner(graph, ncores=2).results["d"] == big_list()
+
+
+def test_fsspec_mapper_is_a_store(calls: Calls) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    store = fsspec.get_mapper("memory://taskmap-test-cache")
+    store.clear()
+    taskmap.run(chain(calls, store))
+    graph = taskmap.run(chain(calls, store))
+    assert counts(calls) == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert graph.results["c"] == "c(b(a()))"
+    assert len(taskmap.list_cache(graph)) == 4
+    store.clear()
+
+
+class ReadOnly(dict[str, bytes]):
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError("read-only store")
+
+
+def test_a_store_refusing_writes_warns_and_the_run_completes(calls: Calls) -> None:
+    with pytest.warns(
+        taskmap.CacheWarning, match=r"cache writes failed: PermissionError\('read-only store'\)"
+    ):
+        graph = taskmap.run(chain(calls, ReadOnly()))
+    assert graph.results["c"] == "c(b(a()))"
+    assert graph.stats.cache is not None
+    assert graph.stats.cache.warnings >= 1
