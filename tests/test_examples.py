@@ -28,7 +28,7 @@ def test_etl_example_fetches_parses_and_loads():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("script", ["bench_core.py", "bench_parallel.py"])
+@pytest.mark.parametrize("script", ["bench_core.py", "bench_parallel.py", "bench_checkpoint.py"])
 def test_benchmark_smoke_run_prints_its_goals(script):
     path = ROOT / "benchmarks" / script
     if not path.exists():
