@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import math
-import queue
 import re
 import threading
 import time
@@ -53,6 +51,7 @@ from .encoders import (
     Encoder,
     PickleEncoder,
     pack_entry,
+    read_header,
     unpack_entry,
 )
 from .keys import Fingerprinter, UnhashableError, digest, task_key
@@ -186,8 +185,8 @@ class Checkpoint:
         """The key prefix of a task's entries: its name made safe, and a digest of it."""
         token = self._tokens.get(task)
         if token is None:
-            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(task))[:48]
-            token = self._tokens[task] = f"{safe}-{_name_digest(task).hex()[:10]}"
+            safe = _UNSAFE.sub("_", str(task))[:48]
+            token = self._tokens[task] = f"{safe}-{_name_digest(task)[:5].hex()}"
         return token
 
     def open_run(
@@ -242,7 +241,7 @@ class Checkpoint:
             if data is None:
                 continue
             try:
-                header, _ = unpack_entry(data)
+                header = read_header(data)
             except CorruptEntryError:
                 header = {"task": key.partition("/")[0], "enc": "?", "t": 0.0}
             found.append(
@@ -368,15 +367,15 @@ class CacheRun:
             self.present = None
 
     def _decode(self, data: bytes) -> tuple[Any, bytes]:
-        header, payload = unpack_entry(data)
-        encoder = self.checkpoint.decoders.get(header["enc"])
+        name, out, payload = unpack_entry(data)
+        encoder = self.checkpoint.decoders.get(name)
         if encoder is None:
-            raise CorruptEntryError(f"written with unknown encoder {header['enc']!r}")
-        if not isinstance(encoder, PickleEncoder):
-            payload = bytes(payload)  # type: ignore[assignment]
-        value = encoder.decode(payload)  # type: ignore[arg-type]
-        out = header.get("out")
-        return value, bytes.fromhex(out) if out else _UNHASHABLE
+            raise CorruptEntryError(f"written with unknown encoder {name!r}")
+        if type(encoder) is PickleEncoder:
+            value = encoder.decode(payload)  # type: ignore[arg-type]
+        else:
+            value = encoder.decode(bytes(payload))
+        return value, out
 
     def _reason(self, tid: int) -> tuple[Reason, str]:
         name = self.names[tid]
@@ -416,10 +415,9 @@ class CacheRun:
             return None
         try:
             data = self.store.get(key)
-            last = json.loads(data) if data is not None else None
+            return None if data is None else _parse_last(data)
         except Exception:
             return None
-        return last if isinstance(last, dict) else None
 
     # -- storing -------------------------------------------------------------
 
@@ -440,13 +438,13 @@ class CacheRun:
             )
             return
         code, inputs = self.inputs[tid]  # type: ignore[misc]
-        digests = [d.hex() for d in inputs]
-        meta = {"out": out.hex(), "code": code.hex(), "in": digests, "task": _label(name)}
-        data = pack_entry(payload, encoder.name, {**meta, "t": time.time()})
-        last = {"key": key, "code": meta["code"], "in": digests}
+        code_hex, digests = code.hex(), [d.hex() for d in inputs]
+        meta = {"code": code_hex, "in": digests, "task": _label(name), "t": time.time()}
+        data = pack_entry(payload, encoder.name, out, meta)
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
-        self.writer.put([(key, data), (f"{self.checkpoint.token(name)}/last", _json(last))])
+        last = _last_record(key, code_hex, digests)
+        self.writer.put([(key, data), (f"{self.checkpoint.token(name)}/last", last)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
@@ -456,8 +454,8 @@ class CacheRun:
             return
         code, inputs = entry
         failed = f"{type(error).__name__}: {error}"[:200]
-        last = {"key": key, "code": code.hex(), "in": [d.hex() for d in inputs], "failed": failed}
-        self.writer.put([(f"{self.checkpoint.token(self.names[tid])}/last", _json(last))])
+        last = _last_record(key, code.hex(), [d.hex() for d in inputs], failed)
+        self.writer.put([(f"{self.checkpoint.token(self.names[tid])}/last", last)])
 
     def close(self, *, write: bool = True) -> None:
         """Write what is due (everything but ``write='manual'`` entries) and stop the writer.
@@ -478,74 +476,63 @@ class CacheRun:
 
 
 class _Writer:
-    """The writer thread: commits batches of ``(key, bytes or None to delete)``."""
+    """The writer thread: commits batches of ``(key, bytes or None to delete)``.
 
-    _STOP = object()
+    The driver only appends to ``held``.  In ``'exit'`` mode the first entry of a
+    batch wakes the thread, which lingers `LINGER` seconds to gather the entries of
+    the tasks finishing meanwhile, then commits them in one transaction: a
+    finished value is stored within about that time, and the driver's loop is not
+    interrupted once per task.  With a number of seconds it lingers that long;
+    ``'end'`` and ``'manual'`` start no thread (`close` writes, or hands back).
+    """
+
+    LINGER = 0.05
 
     def __init__(self, store: Store, mode: WriteMode, warn: Callable[[str], None]) -> None:
         self.store = store
         self.mode = mode
-        self.hold = mode != "exit"
         self.held: list[tuple[str, bytes | None]] = []
         self.lock = threading.Lock()
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.wake = threading.Event()
+        self.closing = threading.Event()
         self.errors: list[str] = []  # warned from the driver's thread, at close
-        self.interval = mode if isinstance(mode, float) else None
+        self.linger = mode if isinstance(mode, float) else self.LINGER
+        self.threaded = mode not in ("end", "manual")
         self.thread: threading.Thread | None = None
 
     def put(self, items: list[tuple[str, bytes | None]]) -> None:
-        if self.hold:
-            with self.lock:
-                self.held.extend(items)
-            if self.interval is None:
-                return
-        else:
-            self.queue.put(items)
-        if self.thread is None:
+        with self.lock:
+            first = not self.held
+            self.held.extend(items)
+            if first and self.threaded:
+                self.wake.set()
+        if self.thread is None and self.threaded:
             self.thread = threading.Thread(target=self._loop, name="taskmap-cache", daemon=True)
             self.thread.start()
 
     def close(self) -> list[tuple[str, bytes | None]]:
         """Write what is due, stop the thread; return what ``'manual'`` still holds."""
+        if self.thread is not None:
+            self.closing.set()
+            self.wake.set()
+            self.thread.join()
         with self.lock:
             held, self.held = self.held, []
         if self.mode == "manual":
-            kept, held = held, []
-        else:
-            kept = []
-        if self.thread is not None:
-            if held:
-                self.queue.put(held)
-            self.queue.put(self._STOP)
-            self.thread.join()
-        elif held:
+            return held
+        if held:
             self._write(held)
-        return kept
+        return []
 
     def _loop(self) -> None:
-        get = self.queue.get
         while True:
-            batch: list[tuple[str, bytes | None]] = []
-            stop = False
-            try:
-                item = get(timeout=self.interval)
-            except queue.Empty:  # write='<seconds>': time to write what is held
-                with self.lock:
-                    batch, self.held = self.held, []
-                self._write(batch)
-                continue
-            while True:
-                if item is self._STOP:
-                    stop = True
-                else:
-                    batch.extend(item)
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._write(batch)
-            if stop:
+            self.wake.wait()
+            if self.closing.wait(self.linger):  # gather; close() writes what is left
                 return
+            with self.lock:
+                batch, self.held = self.held, []
+                self.wake.clear()
+            self._write(batch)
 
     def _write(self, batch: list[tuple[str, bytes | None]]) -> None:
         try:
@@ -595,8 +582,23 @@ def _label(name: Task) -> str:
     return name if isinstance(name, str) else repr(name)
 
 
-def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _last_record(key: str, code: str, inputs: list[str], failed: str = "") -> bytes:
+    """A task's ``last`` record: ``key code input,input...`` and the failure, if any."""
+    line = f"{key} {code} {','.join(inputs) or '-'}"
+    return (f"{line}\nfailed: {failed}" if failed else line).encode()
+
+
+def _parse_last(data: bytes) -> dict[str, Any] | None:
+    line, _, failure = data.decode(errors="replace").partition("\nfailed: ")
+    fields = line.split(" ")
+    if len(fields) != 3:
+        return None
+    key, code, inputs = fields
+    digests = [] if inputs == "-" else inputs.split(",")
+    return {"key": key, "code": code, "in": digests, "failed": failure}
 
 
 def _write_mode(write: object) -> WriteMode:

@@ -13,16 +13,19 @@ An *encoder* is any object with a ``name`` (a short string stored in each entry)
   bool, None); readable by any tool, stable across versions.  A tuple comes back
   as a list.
 
-Entry format (version 1)::
+Entry format (version 1): a fixed binary prefix, so a cache hit reads two fields
+without parsing text, then the encoder's name, a JSON header, and the payload::
 
-    b"TMCK" | format version: 1 byte | header length: 4 bytes, big-endian | header | payload
+    b"TMCK" | version: 1 byte | out: 16 bytes | has out: 1 byte | payload CRC-32: 4 bytes
+         | payload length: 8 bytes | name length: 1 byte | header length: 4 bytes
+         | encoder name | header | payload                        (integers big-endian)
 
-The header is UTF-8 JSON: ``enc`` (encoder name), ``py`` and ``cp`` (the Python and
-cloudpickle versions that wrote it), ``len`` and ``crc`` (payload length and CRC-32,
-so a torn or corrupted entry is detected), ``out`` (the digest of the value, which
-keys its children), ``code`` and ``in`` (the code fingerprint and input digests the
-key was made of, to explain a later miss), ``task`` (the task's name, for listings)
-and ``t`` (when it was written, seconds since the epoch).
+``out`` is the digest of the value, which keys its children.  The length and CRC
+detect a torn or corrupted payload.  The header is UTF-8 JSON, read only by
+listings and explanations: ``py`` and ``cp`` (the Python and cloudpickle versions
+that wrote it), ``code`` and ``in`` (the code fingerprint and input digests the
+key was made of), ``task`` (the task's name) and ``t`` (when it was written,
+seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -44,12 +47,12 @@ __all__ = [
     "JsonEncoder",
     "PickleEncoder",
     "pack_entry",
+    "read_header",
     "unpack_entry",
 ]
 
 MAGIC = b"TMCK"
 FORMAT = 1
-_PREFIX = struct.Struct(">4sBI")
 _COMPRESS_FROM = 512  # smaller payloads rarely shrink, and zstd costs a few microseconds
 _VERSIONS = {"py": platform.python_version(), "cp": cloudpickle.__version__}
 
@@ -128,47 +131,70 @@ class CorruptEntryError(ValueError):
     """A stored entry is torn, corrupted or of an unknown format (a cache miss)."""
 
 
-def pack_entry(payload: bytes, encoder: str, meta: dict[str, Any]) -> bytes:
-    """Frame an encoded value with its header (see the module docstring)."""
-    header = {
-        "enc": encoder,
-        **_VERSIONS,
-        "len": len(payload),
-        "crc": zlib.crc32(payload),
-        **meta,
-    }
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join((_PREFIX.pack(MAGIC, FORMAT, len(head)), head, payload))
+_PREFIX = struct.Struct(">4sB16sBIQBI")
+_NO_OUT = bytes(16)
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-def unpack_entry(data: bytes) -> tuple[dict[str, Any], memoryview]:
-    """Split an entry into its header and payload, checking both.
+def pack_entry(payload: bytes, encoder: str, out: bytes, meta: dict[str, Any]) -> bytes:
+    """Frame an encoded value (see the module docstring); ``out`` may be empty."""
+    name = encoder.encode()
+    head = _JSON.encode({**_VERSIONS, **meta}).encode()
+    prefix = _PREFIX.pack(
+        MAGIC,
+        FORMAT,
+        out or _NO_OUT,
+        bool(out),
+        zlib.crc32(payload),
+        len(payload),
+        len(name),
+        len(head),
+    )
+    return b"".join((prefix, name, head, payload))
+
+
+def unpack_entry(data: bytes) -> tuple[str, bytes, memoryview]:
+    """Split an entry into its encoder's name, its value's digest (b'' when it has
+    none) and its payload, checking the payload.
 
     Raises:
         CorruptEntryError: not an entry, an unknown format version, or a payload
-            whose length or CRC does not match its header.
+            whose length or CRC does not match.
     """
-    if len(data) < _PREFIX.size:
-        raise CorruptEntryError(f"entry of {len(data)} bytes is shorter than its prefix")
-    magic, version, size = _PREFIX.unpack_from(data)
+    size = len(data)
+    if size < _PREFIX.size:
+        raise CorruptEntryError(f"entry of {size} bytes is shorter than its prefix")
+    magic, version, out, has_out, crc, length, name_size, head_size = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise CorruptEntryError("not a taskmap cache entry")
     if version != FORMAT:
         raise CorruptEntryError(f"entry format {version} (this taskmap reads {FORMAT})")
-    start = _PREFIX.size + size
+    start = _PREFIX.size + name_size + head_size
+    payload = memoryview(data)[start:]
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        raise CorruptEntryError(
+            f"entry payload is torn or corrupt ({len(payload)} bytes, expected {length})"
+        )
+    name = bytes(data[_PREFIX.size : _PREFIX.size + name_size]).decode(errors="replace")
+    return name, out if has_out else b"", payload
+
+
+def read_header(data: bytes) -> dict[str, Any]:
+    """The entry's header (with ``enc``, ``out`` and ``size`` added), for listings.
+
+    Raises:
+        CorruptEntryError: the entry or its header is damaged.
+    """
+    name, out, payload = unpack_entry(data)
+    name_size, head_size = _PREFIX.unpack_from(data)[-2:]
+    start = _PREFIX.size + name_size
     try:
-        header = json.loads(bytes(data[_PREFIX.size : start]))
+        header = json.loads(bytes(data[start : start + head_size]))
     except ValueError:
         raise CorruptEntryError("entry header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CorruptEntryError("entry header is not a JSON object")
-    payload = memoryview(data)[start:]
-    if len(payload) != header.get("len") or zlib.crc32(payload) != header.get("crc"):
-        raise CorruptEntryError(
-            f"entry payload is torn or corrupt ({len(payload)} bytes, header says "
-            f"{header.get('len')})"
-        )
-    return header, payload
+    return {**header, "enc": name, "out": out.hex(), "size": len(payload)}
 
 
 def _zstd() -> Any:

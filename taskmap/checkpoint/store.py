@@ -73,7 +73,10 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
+            # one thread uses each connection; close() may run on another thread
+            db = sqlite3.connect(
+                self.file, timeout=60, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(_SCHEMA)

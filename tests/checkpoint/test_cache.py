@@ -262,9 +262,7 @@ def test_corrupt_entry_is_a_miss_with_a_warning(calls: Calls, tmp_path: Path) ->
     assert reasons(graph)["b"] is Reason.UNREADABLE
 
 
-@pytest.mark.parametrize(
-    "garbage", [b"", b"TMCK", b"not an entry at all", b"TMCK\x09\x00\x00\x00\x02{}"]
-)
+@pytest.mark.parametrize("garbage", [b"", b"TMCK", b"not an entry at all", b"TMCK\x09" + bytes(40)])
 def test_garbage_entries_are_misses(calls: Calls, garbage: bytes) -> None:
     store: dict[str, bytes] = {}
     graph = taskmap.run(chain(calls, store))

@@ -15,6 +15,7 @@ from taskmap.checkpoint.encoders import (
     JsonEncoder,
     PickleEncoder,
     pack_entry,
+    read_header,
     unpack_entry,
 )
 from taskmap.checkpoint.store import ChainStore, DirectoryStore, keys_under, open_store
@@ -107,14 +108,26 @@ def test_concurrent_writers_in_several_processes_do_not_corrupt_the_store(
 
 def test_entry_header_names_encoder_and_versions() -> None:
     payload = PickleEncoder().encode({"x": 1})
-    data = pack_entry(payload, "pickle", {"out": "ab"})
-    header, body = unpack_entry(data)
-    assert header["enc"] == "pickle"
+    out = bytes(range(16))
+    data = pack_entry(payload, "pickle", out, {"task": "a"})
+    name, digest, body = unpack_entry(data)
+    assert (name, digest) == ("pickle", out)
+    assert PickleEncoder().decode(body) == {"x": 1}  # type: ignore[arg-type]
+    header = read_header(data)
+    assert header["enc"] == "pickle" and header["task"] == "a"
     assert header["py"] == platform.python_version()
     assert header["cp"] == cloudpickle.__version__
-    assert header["out"] == "ab"
-    assert header["len"] == len(payload)
-    assert PickleEncoder().decode(body) == {"x": 1}  # type: ignore[arg-type]
+    assert header["out"] == out.hex() and header["size"] == len(payload)
+    assert unpack_entry(pack_entry(payload, "pickle", b"", {}))[1] == b""
+
+
+def test_damaged_header_is_detected_by_listings_only() -> None:
+    data = bytearray(pack_entry(b"xyz", "json", b"", {"task": "a"}))
+    start = data.index(b"{")
+    data[start] = ord("!")
+    assert unpack_entry(bytes(data))[2] == b"xyz"  # a hit does not read the header
+    with pytest.raises(CorruptEntryError, match="not valid JSON"):
+        read_header(bytes(data))
 
 
 @pytest.mark.parametrize(
@@ -125,11 +138,10 @@ def test_entry_header_names_encoder_and_versions() -> None:
         (lambda d: d[:3], "shorter than its prefix"),
         (lambda d: b"XXXX" + d[4:], "not a taskmap cache entry"),
         (lambda d: d[:4] + b"\x02" + d[5:], "entry format 2"),
-        (lambda d: d[:9] + b"!" + d[10:], "not valid JSON"),
     ],
 )
 def test_damaged_entries_are_detected(mangle: object, message: str) -> None:
-    data = pack_entry(PickleEncoder().encode(list(range(100))), "pickle", {})
+    data = pack_entry(PickleEncoder().encode(list(range(100))), "pickle", b"", {})
     with pytest.raises(CorruptEntryError, match=message):
         unpack_entry(mangle(data))  # type: ignore[operator]
 
