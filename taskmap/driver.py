@@ -215,9 +215,12 @@ class Outcomes:
 
     def lookup(self, tid: int) -> tuple[bool, Any]:
         """Look a popped task up in the cache: ``(True, value)`` when it is stored."""
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             return False, None
-        return self.cache.lookup(tid)
+        if tid not in cache.asked:  # read the entries of every ready task at once
+            cache.prefetch([tid, *self.frontier.ready()])
+        return cache.lookup(tid)
 
     def succeeded(self, tid: int, value: Any, *, cached: bool = False) -> None:
         """Store a RUNNING task's value and queue the tasks it made ready.
@@ -300,7 +303,7 @@ def drive_sync(outcomes: Outcomes) -> None:
         while (tid := pop()) >= 0:
             name = names[tid]
             if cache is not None:
-                hit, value = cache.lookup(tid)
+                hit, value = outcomes.lookup(tid)
                 if hit:
                     values[tid] = value
                     succeeded(tid, value, cached=True)
@@ -508,7 +511,8 @@ class AsyncDriver:
         """Finish a READY task from the cache when it is stored there."""
         hit, value = self.outcomes.lookup(tid)
         if hit:
-            self._args(tid)  # it took its inputs: drop_results may release them
+            if self.consumers is not None:
+                self._args(tid)  # it took its inputs: drop_results may release them
             self.outcomes.succeeded(tid, value, cached=True)
         return hit
 

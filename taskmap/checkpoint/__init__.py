@@ -185,7 +185,10 @@ class Checkpoint:
         """The key prefix of a task's entries: its name made safe, and a digest of it."""
         token = self._tokens.get(task)
         if token is None:
-            safe = _UNSAFE.sub("_", str(task))[:48]
+            if type(task) is str and task.isidentifier() and len(task) <= 48:
+                safe = task  # the common case, without a regex
+            else:
+                safe = _UNSAFE.sub("_", str(task))[:48]
             token = self._tokens[task] = f"{safe}-{_name_digest(task)[:5].hex()}"
         return token
 
@@ -280,6 +283,9 @@ class CacheRun:
         self.why: dict[Task, Explanation] = {}
         self.stats = CacheStats()
         self.present: set[str] | None = None  # every key in the store, after a first miss
+        self.asked: set[int] = set()  # tasks whose entries were prefetched (or tried)
+        self.fetched: dict[str, bytes] = {}  # prefetched entries not looked up yet
+        self.absent: set[str] = set()  # keys prefetch did not find
         self.fingerprint = Fingerprinter()
         self.writer = _Writer(self.store, checkpoint.write, self._warn)
 
@@ -291,11 +297,19 @@ class CacheRun:
         Call when the task is ready, before its parents' results may be dropped.
         """
         name = self.names[tid]
-        key = self._key(tid)
+        key = self.keys[tid]
         if key is None:
+            key = self._key(tid)
+        if not key:
             return False, None
-        present = self.present
-        data = None if present is not None and key not in present else self._get(key)
+        if key in self.fetched:
+            data = self.fetched.pop(key)
+        elif key in self.absent or (self.present is not None and key not in self.present):
+            data = None
+            if self.present is None:
+                self._list_keys()
+        else:
+            data = self._get(key)
         if data is not None:
             try:
                 value, out = self._decode(data)
@@ -315,25 +329,51 @@ class CacheRun:
         self.why[name] = Explanation(name, True, reason, detail)
         return False, None
 
-    def _key(self, tid: int) -> str | None:
-        """The task's store key, or None (and the reason recorded) when it has none."""
+    def prefetch(self, tids: Iterable[int]) -> None:
+        """Read the entries of several READY tasks in one query, when the store has
+        ``get_many`` (the default store: one SELECT for a whole wave of a rerun)."""
+        get_many = getattr(self.store, "get_many", None)
+        keys = []
+        for tid in tids:
+            if tid in self.asked:
+                continue
+            self.asked.add(tid)
+            key = self.keys[tid]
+            if key is None:
+                key = self._key(tid)
+            if key and (self.present is None or key in self.present):
+                keys.append(key)
+        if get_many is None or len(keys) < 2:
+            return
+        try:
+            found = get_many(keys)
+        except Exception as exc:
+            self._warn(f"cache store could not be read ({exc!r}); the tasks run")
+            return
+        self.fetched.update(found)
+        self.absent.update(key for key in keys if key not in found)
+
+    def _key(self, tid: int) -> str:
+        """The task's store key, or '' (and the reason recorded) when it has none."""
         name = self.names[tid]
         checkpoint = self.checkpoint
+        self.keys[tid] = ""
         if name in checkpoint.uncached:
             self.why[name] = Explanation(name, True, Reason.NOT_CACHED, "opted out")
-            return None
+            return ""
         inputs = []
+        names, digests, get = self.names, self.digests, self.results.get
         for p in self.parents[tid]:
-            value = self.results.get(self.names[p])
+            value = get(names[p])
             if value is None:
                 continue  # not passed, so not an input
-            d = self.digests[p]
+            d = digests[p]
             if d is _UNKNOWN:
-                d = self.digests[p] = _digest_or_empty(value)
+                d = digests[p] = _digest_or_empty(value)
             if not d:
-                detail = f"the result of {self.names[p]!r} ({type(value).__name__}) has no digest"
+                detail = f"the result of {names[p]!r} ({type(value).__name__}) has no digest"
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
-                return None
+                return ""
             inputs.append(d)
         code = checkpoint.versions.get(name)
         if code is None:
@@ -342,7 +382,7 @@ class CacheRun:
             except Exception as exc:  # a bug of ours must not fail the run
                 self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
-                return None
+                return ""
         key = f"{checkpoint.token(name)}/{task_key(_name_digest(name), code, inputs)}"
         self.keys[tid] = key
         self.inputs[tid] = (code, inputs)
@@ -424,7 +464,7 @@ class CacheRun:
     def stored(self, tid: int, value: Any) -> None:
         """Store a task's value (it ran and returned).  Encodes now, writes later."""
         key = self.keys[tid]
-        if key is None:
+        if not key:
             return
         name = self.names[tid]
         out = self.digests[tid] = _digest_or_empty(value)
@@ -450,7 +490,7 @@ class CacheRun:
         """Remember that the task failed (nothing is stored for it)."""
         key = self.keys[tid]
         entry = self.inputs[tid]
-        if key is None or entry is None:
+        if not key or entry is None:
             return
         code, inputs = entry
         failed = f"{type(error).__name__}: {error}"[:200]

@@ -6,8 +6,9 @@ The store protocol is the mapping protocol, nothing more: ``store[key]`` returns
 entry's bytes or raises KeyError, ``store[key] = data`` writes one, ``del store[key]``
 drops one, iterating lists the keys.  A dict, an ``fsspec`` mapper (remote storage)
 or a ``diskcache.Cache`` works as it is.  Two optional methods make a store faster,
-and are used when present: ``update(pairs)`` writing many entries at once, and
-``keys_under(prefix)`` listing the keys that start with a prefix.
+and are used when present: ``update(pairs)`` writing many entries at once,
+``get_many(keys)`` reading many (a dict of those found), and ``keys_under(prefix)``
+listing the keys that start with a prefix.
 
 Keys are ``'<task token>/<32 hex digits>'``; a task's token is its name made safe
 for paths plus a short digest of the name, so the entries of one task share a
@@ -31,7 +32,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,17 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def get(self, key: str, default: Any = None) -> Any:
         row = self._db().execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
         return default if row is None else row[0]
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The entries of those ``keys`` that exist, read in a few queries."""
+        db = self._db()
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), 500):  # SQLite caps the parameters of a query
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key, value FROM entries WHERE key IN ({marks})"
+            found.update(db.execute(sql, chunk).fetchall())
+        return found
 
     def __contains__(self, key: object) -> bool:
         sql = "SELECT 1 FROM entries WHERE key = ?"
