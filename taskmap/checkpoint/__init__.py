@@ -348,7 +348,9 @@ class CacheRun:
         try:
             found = get_many(keys)
         except Exception as exc:
-            self._warn(f"cache store could not be read ({exc!r}); the tasks run")
+            self._warn(
+                f"cache store {_describe(self.store)} could not be read ({exc!r}); the tasks run"
+            )
             return
         self.fetched.update(found)
         self.absent.update(key for key in keys if key not in found)
@@ -392,7 +394,9 @@ class CacheRun:
         try:
             data = self.store.get(key)
         except Exception as exc:
-            self._warn(f"cache store could not be read ({exc!r}); the task runs")
+            self._warn(
+                f"cache store {_describe(self.store)} could not be read ({exc!r}); the task runs"
+            )
             return None
         if data is None and self.present is None:
             self._list_keys()
@@ -403,7 +407,7 @@ class CacheRun:
         try:
             self.present = set(self.store)
         except Exception as exc:
-            self._warn(f"cache store could not be listed ({exc!r})")
+            self._warn(f"cache store {_describe(self.store)} could not be listed ({exc!r})")
             self.present = None
 
     def _decode(self, data: bytes) -> tuple[Any, bytes]:
@@ -578,7 +582,11 @@ class _Writer:
         try:
             _apply(self.store, batch)
         except Exception as exc:
-            self.errors.append(f"{len(batch)} cache writes failed: {exc!r}")
+            entries = sum(1 for key, data in batch if data is not None and key[-5:] != "/last")
+            self.errors.append(
+                f"cache store {_describe(self.store)}: a batch of {entries} entries was not "
+                f"written: {exc!r}"
+            )
 
 
 def _apply(store: Store, batch: Sequence[tuple[str, bytes | None]]) -> None:
@@ -620,6 +628,13 @@ def _name_digest(name: Task) -> bytes:
 
 def _label(name: Task) -> str:
     return name if isinstance(name, str) else repr(name)
+
+
+def _describe(store: Store) -> str:
+    """A store for a message: a dict's repr would print every entry."""
+    if isinstance(store, DirectoryStore | ChainStore):
+        return repr(store)
+    return f"({type(store).__module__}.{type(store).__qualname__})"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")

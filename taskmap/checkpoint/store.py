@@ -29,6 +29,7 @@ Rules for the embedded default, `DirectoryStore`:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -74,16 +75,31 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
+            db = self._connect()
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        # Switching a new file to WAL mode writes its header outside SQLite's busy
+        # handler: a second process opening it then fails at once with "database is
+        # locked".  Processes opening the store take turns, on a lock file.
+        with _file_lock(self.path / f"{DB_NAME}.lock"):
             # one thread uses each connection; close() may run on another thread
             db = sqlite3.connect(
                 self.file, timeout=60, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_SCHEMA)
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                raise sqlite3.DatabaseError(
+                    f"cache database {str(self.file)!r} cannot be used ({exc}); delete it, "
+                    "or choose another cache directory"
+                ) from exc
         return db
 
     def __getitem__(self, key: str) -> bytes:
@@ -215,6 +231,23 @@ class ChainStore(MutableMapping[str, bytes]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes, held while the block runs (POSIX flock;
+    elsewhere no lock, and SQLite's own locking)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def keys_under(store: Store, prefix: str) -> list[str]:

@@ -509,7 +509,9 @@ class ReadOnly(dict[str, bytes]):
 
 def test_a_store_refusing_writes_warns_and_the_run_completes(calls: Calls) -> None:
     with pytest.warns(
-        taskmap.CacheWarning, match=r"cache writes failed: PermissionError\('read-only store'\)"
+        taskmap.CacheWarning,
+        match=r"cache store \(tests.checkpoint.test_cache.ReadOnly\): a batch of 4 entries was "
+        r"not written: PermissionError\('read-only store'\)",
     ):
         graph = taskmap.run(chain(calls, ReadOnly()))
     assert graph.results["c"] == "c(b(a()))"

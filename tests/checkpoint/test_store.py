@@ -114,10 +114,12 @@ def test_entry_header_names_encoder_and_versions() -> None:
     assert (name, digest) == ("pickle", out)
     assert PickleEncoder().decode(body) == {"x": 1}  # type: ignore[arg-type]
     header = read_header(data)
-    assert header["enc"] == "pickle" and header["task"] == "a"
+    assert header["enc"] == "pickle"
+    assert header["task"] == "a"
     assert header["py"] == platform.python_version()
     assert header["cp"] == cloudpickle.__version__
-    assert header["out"] == out.hex() and header["size"] == len(payload)
+    assert header["out"] == out.hex()
+    assert header["size"] == len(payload)
     assert unpack_entry(pack_entry(payload, "pickle", b"", {}))[1] == b""
 
 
