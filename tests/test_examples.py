@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,40 @@ def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(120)
 def test_etl_example_fetches_parses_and_loads():
-    done = run_script("examples/etl_pipeline.py", timeout=100)
+    done = run_script("examples/etl_pipeline.py", "--clear", timeout=100)
     assert done.returncode == 0, done.stderr
     assert "ran 26 tasks in" in done.stdout
     assert "(0 failed)" in done.stdout
     assert "loaded 156 terms into" in done.stdout
     assert "(156 rows)" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_etl_example_rerun_story_serves_from_the_cache(tmp_path):
+    """The README's story: the load fails, the rerun runs only the load, then nothing."""
+    cache = str(tmp_path / "cache")
+    env = {**os.environ, "ETL_DB_DOWN": "1"}
+    down = subprocess.run(
+        [sys.executable, "examples/etl_pipeline.py", "--cache", cache],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+    )
+    assert down.returncode == 1
+    assert "0 from the cache, 25 run (1 failed)" in down.stdout
+    assert "is down (ETL_DB_DOWN is set)" in down.stdout
+    back = run_script("examples/etl_pipeline.py", "--cache", cache, timeout=100)
+    assert back.returncode == 0, back.stderr
+    assert "25 from the cache, 1 run (0 failed)" in back.stdout
+    assert "'load' runs: failed before (ConnectionError: database" in back.stdout
+    assert "(156 rows)" in back.stdout
+    again = run_script("examples/etl_pipeline.py", "--cache", cache, timeout=100)
+    assert again.returncode == 0, again.stderr
+    assert "26 from the cache, 0 run (0 failed)" in again.stdout
+    cleared = run_script("examples/etl_pipeline.py", "--cache", cache, "--clear", timeout=100)
+    assert "0 from the cache, 26 run (0 failed)" in cleared.stdout
 
 
 @pytest.mark.timeout(120)
