@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import math
 import re
 import threading
@@ -385,7 +386,8 @@ class CacheRun:
                 self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
                 return ""
-        key = f"{checkpoint.token(name)}/{task_key(_name_digest(name), code, inputs)}"
+        token = checkpoint.token(name)
+        key = f"{token}/{task_key(_name_digest(name), code, inputs)}"
         self.keys[tid] = key
         self.inputs[tid] = (code, inputs)
         return key
@@ -483,12 +485,15 @@ class CacheRun:
             return
         code, inputs = self.inputs[tid]  # type: ignore[misc]
         code_hex, digests = code.hex(), [d.hex() for d in inputs]
-        meta = {"code": code_hex, "in": digests, "task": _label(name), "t": time.time()}
+        listed = ",".join([f'"{d}"' for d in digests])  # hex: nothing to escape
+        meta = (  # the header's JSON members, built directly: this is the hot path
+            f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{time.time()!r}'
+        )
         data = pack_entry(payload, encoder.name, out, meta)
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
-        self.writer.put([(key, data), (f"{self.checkpoint.token(name)}/last", last)])
+        self.writer.put([(key, data), (key[: key.index("/")] + "/last", last)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
@@ -628,6 +633,18 @@ def _name_digest(name: Task) -> bytes:
 
 def _label(name: Task) -> str:
     return name if isinstance(name, str) else repr(name)
+
+
+_LABELS: dict[Task, str] = {}
+
+
+def _label_json(name: Task) -> str:
+    label = _LABELS.get(name)
+    if label is None:
+        label = json.dumps(_label(name)[:200])
+        if len(_LABELS) < 1_000_000:
+            _LABELS[name] = label
+    return label
 
 
 def _describe(store: Store) -> str:

@@ -136,10 +136,19 @@ _NO_OUT = bytes(16)
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-def pack_entry(payload: bytes, encoder: str, out: bytes, meta: dict[str, Any]) -> bytes:
-    """Frame an encoded value (see the module docstring); ``out`` may be empty."""
+_VERSIONS_JSON = _JSON.encode(_VERSIONS)[1:-1]
+
+
+def pack_entry(payload: bytes, encoder: str, out: bytes, meta: dict[str, Any] | str) -> bytes:
+    """Frame an encoded value (see the module docstring); ``out`` may be empty.
+
+    ``meta``: the header's fields, or (the fast path) their JSON members already
+    encoded, without braces.
+    """
     name = encoder.encode()
-    head = _JSON.encode({**_VERSIONS, **meta}).encode()
+    if isinstance(meta, dict):
+        meta = _JSON.encode(meta)[1:-1]
+    head = f"{{{_VERSIONS_JSON},{meta}}}".encode() if meta else f"{{{_VERSIONS_JSON}}}".encode()
     prefix = _PREFIX.pack(
         MAGIC,
         FORMAT,
