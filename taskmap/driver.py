@@ -14,6 +14,11 @@ Data flow::
           ▲                                                                  │
           └──────────── frontier.finish / fail / cancel (newly READY) ◄──────┘
 
+With a cache (``create_graph(cache=...)``), a popped task is looked up first
+(`Outcomes.lookup`, which reads the entries of every ready task in one query): a
+hit finishes it with the stored value and nothing runs; worker processes start at
+the first miss, so a fully cached rerun starts none.
+
 The sync driver calls tasks one after another and runs a coroutine to completion
 on one `asyncio.Runner` created at the first coroutine.  The asyncio driver never
 polls: it starts every READY task, and the done-callback of each coroutine or
