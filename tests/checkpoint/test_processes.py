@@ -529,9 +529,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 def kill_and_resume(
     runner: str, directory: Path, rng: random.Random, expected: dict[str, int], context: str
-) -> None:
+) -> int:
     """One iteration: start the grid, SIGKILL it once ``k`` tasks have started, check
-    the store and the processes, resume to completion and check what ran."""
+    the store and the processes, resume to completion and check what ran.  Returns
+    how many entries the killed run had stored."""
     directory.mkdir()
     script, cache = grid_script(directory), directory / "cache"
     calls = Calls(directory / "calls")
@@ -591,6 +592,7 @@ def kill_and_resume(
     assert set(out["reasons"].values()) <= {"cached", "no entry"}, context
     assert integrity(cache) == "ok", context
     assert stored_tasks(cache) == set(GRID_TASKS), context
+    return len(stored)
 
 
 @pytest.mark.timeout(max(60, 4 * KILL_LOOPS))  # 1-1.5 s an iteration
@@ -600,9 +602,12 @@ def test_resume_after_sigkill_at_a_random_point_runs_only_what_was_not_stored(
 ) -> None:
     seed = int(os.environ.get("TASKMAP_KILL_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
+    kept = []
     for i in range(KILL_LOOPS):
         context = f"TASKMAP_KILL_SEED={seed}, iteration {i}"
-        kill_and_resume(runner, tmp_path / f"loop{i}", rng, grid_expected, context)
+        kept.append(kill_and_resume(runner, tmp_path / f"loop{i}", rng, grid_expected, context))
+    # entries are written while the run goes on ('exit' mode), not only at its end
+    assert max(kept) > 0, f"TASKMAP_KILL_SEED={seed}: no killed run had stored anything"
 
 
 # -- 5. two processes on one store at once ----------------------------------------
