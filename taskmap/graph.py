@@ -537,7 +537,7 @@ def explain(graph: Graph) -> dict[Task, Explanation]:
                 runs[tid] = True
                 found[name] = Explanation(name, True, Reason.NOT_CACHED, "the graph has no cache")
             else:
-                hit, value = cache.lookup(tid)
+                hit, value = cache.lookup(tid, load=False)  # decode nothing: a dry run
                 runs[tid] = not hit
                 if hit:
                     scratch[name] = value

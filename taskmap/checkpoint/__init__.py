@@ -78,6 +78,17 @@ WriteMode = Literal["exit", "end", "manual"] | float
 _DEFAULT_ENCODER = ENCODERS["pickle"]
 _UNKNOWN = b"?"  # a digest not computed yet
 _UNHASHABLE = b""  # a value with no canonical digest: its children are never cached
+_NONE_DIGEST = digest(None)
+
+
+class _NotLoaded:
+    """The value of a cached task in a dry run (`explain`): stored, not decoded."""
+
+    def __repr__(self) -> str:
+        return "NOT_LOADED"
+
+
+NOT_LOADED: Any = _NotLoaded()
 
 
 class Reason(enum.Enum):
@@ -295,10 +306,12 @@ class CacheRun:
 
     # -- looking up ----------------------------------------------------------
 
-    def lookup(self, tid: int) -> tuple[bool, Any]:
+    def lookup(self, tid: int, *, load: bool = True) -> tuple[bool, Any]:
         """``(True, value)`` when the task's entry is stored, else ``(False, None)``.
 
         Call when the task is ready, before its parents' results may be dropped.
+        ``load=False`` (a dry run) checks the entry but does not decode its value:
+        the value returned is `NOT_LOADED`, or None when the stored value is None.
         """
         name = self.names[tid]
         key = self.keys[tid]
@@ -316,7 +329,7 @@ class CacheRun:
             data = self._get(key)
         if data is not None:
             try:
-                value, out = self._decode(data)
+                value, out = self._decode(data) if load else self._peek(data)
             except Exception as exc:  # torn, corrupt, or written by another version
                 self._warn(f"task {name!r}: cached entry unreadable, running it again: {exc}")
                 return self._miss(tid, Reason.UNREADABLE, str(exc))
@@ -425,6 +438,12 @@ class CacheRun:
         else:
             value = encoder.decode(bytes(payload))
         return value, out
+
+    def _peek(self, data: bytes) -> tuple[Any, bytes]:
+        name, out, _ = unpack_entry(data)
+        if name not in self.checkpoint.decoders:
+            raise CorruptEntryError(f"written with unknown encoder {name!r}")
+        return (None if out == _NONE_DIGEST else NOT_LOADED), out
 
     def _reason(self, tid: int) -> tuple[Reason, str]:
         name = self.names[tid]

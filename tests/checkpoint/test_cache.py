@@ -517,3 +517,19 @@ def test_a_store_refusing_writes_warns_and_the_run_completes(calls: Calls) -> No
     assert graph.results["c"] == "c(b(a()))"
     assert graph.stats.cache is not None
     assert graph.stats.cache.warnings >= 1
+
+
+def test_explain_decodes_no_value_and_keeps_none_results_out_of_inputs(calls: Calls) -> None:
+    store: dict[str, bytes] = {}
+
+    def build() -> taskmap.Graph:
+        funcs = {"a": calls.task("a", none=True), "big": make_unloadable, "c": calls.task("c")}
+        deps = {"a": [], "big": [], "c": ["a", "big"]}
+        return taskmap.create_graph(funcs, deps, cache=store)
+
+    taskmap.run(build())
+    # 'big' would raise if decoded; 'a' stored None, which 'c' does not receive
+    found = taskmap.explain(build())
+    assert {t: e.reason for t, e in found.items()} == dict.fromkeys(
+        ["a", "big", "c"], Reason.CACHED
+    )
