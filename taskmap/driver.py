@@ -223,7 +223,7 @@ class Outcomes:
         cache = self.cache
         if cache is None:
             return False, None
-        if tid not in cache.asked:  # read the entries of every ready task at once
+        if cache.batching and tid not in cache.asked:  # read every ready task's entry at once
             cache.prefetch([tid, *self.frontier.ready()])
         return cache.lookup(tid)
 

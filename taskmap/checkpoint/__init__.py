@@ -301,6 +301,8 @@ class CacheRun:
         self.asked: set[int] = set()  # tasks whose entries were prefetched (or tried)
         self.fetched: dict[str, bytes] = {}  # prefetched entries not looked up yet
         self.absent: set[str] = set()  # keys prefetch did not find
+        # prefetch while lookups hit; a cold run (misses) would only pay for the scans
+        self.batching = True
         self.fingerprint = Fingerprinter()
         self.writer = _Writer(self.store, checkpoint.write, self._warn)
 
@@ -334,6 +336,7 @@ class CacheRun:
                 self._warn(f"task {name!r}: cached entry unreadable, running it again: {exc}")
                 return self._miss(tid, Reason.UNREADABLE, str(exc))
             self.digests[tid] = out
+            self.batching = True
             self.stats.hits += 1
             self.stats.bytes_read += len(data)
             self.why[name] = Explanation(name, False, Reason.CACHED)
@@ -341,6 +344,7 @@ class CacheRun:
         return self._miss(tid, *self._reason(tid))
 
     def _miss(self, tid: int, reason: Reason, detail: str = "") -> tuple[bool, Any]:
+        self.batching = False
         self.stats.misses += 1
         name = self.names[tid]
         self.why[name] = Explanation(name, True, reason, detail)
