@@ -22,6 +22,7 @@ from .errors import (
     MissingFunctionError,
     NotCallableError,
     UnknownTaskError,
+    UpstreamFailedError,
     with_article,
 )
 from .record import RunStats
@@ -505,7 +506,9 @@ def explain(graph: Graph) -> dict[Task, Explanation]:
     (no entry, code changed, input changed, failed before, reset by the user);
     it does not when it is done or cached.  A task below one that runs gets
     `Reason.UPSTREAM`: whether it runs depends on the new value (an unchanged
-    value leaves it cached).  Without a cache every task not done runs.
+    value leaves it cached).  Without a cache every task not done runs.  A task
+    below a failure still in ``graph.done`` does not run (`Reason.UPSTREAM_FAILED`)
+    until `reset_failed_tasks`.
 
     After a run, ``graph.stats.why`` says what that run did instead.
 
@@ -517,6 +520,7 @@ def explain(graph: Graph) -> dict[Task, Explanation]:
     done = _done_ids(graph)
     found: dict[Task, Explanation] = {}
     runs = [False] * len(names)
+    failed: list[Task | None] = [None] * len(names)  # the failed ancestor that blocks a task
     cache = None
     if graph.checkpoint is not None:
         # a scratch results dict: values loaded here never reach the graph
@@ -527,9 +531,17 @@ def explain(graph: Graph) -> dict[Task, Explanation]:
             name = names[tid]
             if tid in done:
                 found[name] = Explanation(name, False, Reason.DONE)
+                if isinstance(results.get(name), Exception):
+                    error = results[name]
+                    failed[tid] = error.failed if isinstance(error, UpstreamFailedError) else name
                 continue
+            blocked = next((failed[p] for p in plan.parents[tid] if failed[p] is not None), None)
             upstream = [names[p] for p in plan.parents[tid] if runs[p]]
-            if upstream:
+            if blocked is not None:
+                failed[tid] = blocked
+                detail = f"{blocked!r} failed; reset_failed_tasks(graph) reruns it"
+                found[name] = Explanation(name, False, Reason.UPSTREAM_FAILED, detail)
+            elif upstream:
                 runs[tid] = True
                 detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
                 found[name] = Explanation(name, True, Reason.UPSTREAM, detail)

@@ -102,6 +102,7 @@ class Reason(enum.Enum):
     RESET = "reset by the user"
     UNREADABLE = "entry unreadable"
     UPSTREAM = "an upstream task runs"
+    UPSTREAM_FAILED = "an upstream task failed"
     NOT_CACHED = "not cached"
     DONE = "already done"
 

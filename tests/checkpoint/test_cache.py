@@ -533,3 +533,30 @@ def test_explain_decodes_no_value_and_keeps_none_results_out_of_inputs(calls: Ca
     assert {t: e.reason for t, e in found.items()} == dict.fromkeys(
         ["a", "big", "c"], Reason.CACHED
     )
+
+
+def test_explain_says_a_task_below_a_failure_waits_for_reset_failed_tasks(calls: Calls) -> None:
+    graph = chain(calls, {})
+    graph.funcs["a"] = calls.task("a", fail=True)
+    taskmap.run(graph)
+    graph.funcs["d"] = big_list
+    found = taskmap.explain(taskmap.reset_tasks(graph, "d"))
+    assert {t: (e.runs, e.reason) for t, e in found.items()} == {
+        "a": (False, Reason.DONE),
+        "b": (False, Reason.DONE),
+        "c": (False, Reason.DONE),
+        "d": (True, Reason.RESET),
+    }
+    graph.done.remove("c")  # as if c had been reset alone: still blocked by a
+    graph.results.pop("c")
+    assert str(taskmap.explain(graph)["c"]) == (
+        "'c' does not run: an upstream task failed ('a' failed; reset_failed_tasks(graph) "
+        "reruns it)"
+    )
+    found = taskmap.explain(taskmap.reset_failed_tasks(graph))
+    assert {t: e.reason for t, e in found.items()} == {
+        "a": Reason.FAILED_BEFORE,
+        "b": Reason.UPSTREAM,
+        "c": Reason.UPSTREAM,
+        "d": Reason.RESET,
+    }
