@@ -231,7 +231,7 @@ class Checkpoint:
         keys = [key for prefix in prefixes for key in keys_under(self.store, prefix)]
         if reset:
             self.reset.update(tasks)
-            keys = [key for key in keys if not key.endswith("/last")]
+            keys = [key for key in keys if not _is_record(key)]
         else:
             self.reset.difference_update(tasks)
         delete = getattr(self.store, "delete", None)
@@ -245,15 +245,15 @@ class Checkpoint:
         """Write the entries held by ``write='manual'``; return how many."""
         pending, self.pending = self.pending, []
         _apply(self.store, pending)
-        return sum(1 for key, data in pending if data is not None and not key.endswith("/last"))
+        return _entries(pending)
 
     def entries(self, tasks: Iterable[Task] | None = None) -> list[CacheEntry]:
         """The stored entries, of ``tasks`` only when given, sorted by task then key."""
         if tasks is None:
-            keys = [k for k in self.store if not k.endswith("/last")]
+            keys = [k for k in self.store if not _is_record(k)]
         else:
-            keys = [k for t in tasks for k in keys_under(self.store, f"{self.token(t)}/")]
-            keys = [k for k in keys if not k.endswith("/last")]
+            prefixes = [f"{self.token(t)}/" for t in tasks]
+            keys = [k for p in prefixes for k in keys_under(self.store, p) if not _is_record(k)]
         found = []
         for key in keys:
             data = self.store.get(key)
@@ -305,7 +305,7 @@ class CacheRun:
         # prefetch while lookups hit; a cold run (misses) would only pay for the scans
         self.batching = True
         self.fingerprint = Fingerprinter()
-        self.writer = _Writer(self.store, checkpoint.write, self._warn)
+        self.writer = _Writer(self.store, checkpoint.write)
 
     # -- looking up ----------------------------------------------------------
 
@@ -520,7 +520,7 @@ class CacheRun:
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
-        self.writer.put([(key, data), (key[: key.index("/")] + "/last", last)])
+        self.writer.put([(key, data), (_record_key(key), last)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
@@ -531,7 +531,7 @@ class CacheRun:
         code, inputs = entry
         failed = f"{type(error).__name__}: {error}"[:200]
         last = _last_record(key, code.hex(), [d.hex() for d in inputs], failed)
-        self.writer.put([(f"{self.checkpoint.token(self.names[tid])}/last", last)])
+        self.writer.put([(_record_key(key), last)])
 
     def close(self, *, write: bool = True) -> None:
         """Write what is due (everything but ``write='manual'`` entries) and stop the writer.
@@ -564,7 +564,7 @@ class _Writer:
 
     LINGER = 0.05
 
-    def __init__(self, store: Store, mode: WriteMode, warn: Callable[[str], None]) -> None:
+    def __init__(self, store: Store, mode: WriteMode) -> None:
         self.store = store
         self.mode = mode
         self.held: list[tuple[str, bytes | None]] = []
@@ -614,10 +614,9 @@ class _Writer:
         try:
             _apply(self.store, batch)
         except Exception as exc:
-            entries = sum(1 for key, data in batch if data is not None and key[-5:] != "/last")
             self.errors.append(
-                f"cache store {_describe(self.store)}: a batch of {entries} entries was not "
-                f"written: {exc!r}"
+                f"cache store {_describe(self.store)}: a batch of {_entries(batch)} entries "
+                f"was not written: {exc!r}"
             )
 
 
@@ -637,9 +636,7 @@ def _apply(store: Store, batch: Sequence[tuple[str, bytes | None]]) -> None:
 def _digest_or_empty(value: object) -> bytes:
     try:
         return digest(value)
-    except UnhashableError:
-        return _UNHASHABLE
-    except RecursionError:
+    except (UnhashableError, RecursionError):
         return _UNHASHABLE
 
 
@@ -682,6 +679,20 @@ def _describe(store: Store) -> str:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _record_key(key: str) -> str:
+    """The key of the ``last`` record of the task an entry key belongs to."""
+    return key[: key.index("/")] + "/last"
+
+
+def _is_record(key: str) -> bool:
+    return key.endswith("/last")
+
+
+def _entries(batch: Iterable[tuple[str, bytes | None]]) -> int:
+    """How many values (not ``last`` records, not deletions) a batch writes."""
+    return sum(1 for key, data in batch if data is not None and not _is_record(key))
 
 
 def _last_record(key: str, code: str, inputs: list[str], failed: str = "") -> bytes:

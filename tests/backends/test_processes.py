@@ -22,6 +22,7 @@ import pytest
 
 import taskmap
 from taskmap import SerializationError, UpstreamFailedError, WorkerCrashedError
+from tests.procs import live_descendants, still_alive, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,38 +30,6 @@ PARALLEL = [taskmap.run_parallel, taskmap.run_parallel_async]
 
 
 # -- helpers ----------------------------------------------------------------
-
-
-def _live_descendants(root: int) -> set[int]:
-    """Pids of live (not zombie) processes below ``root``, read from /proc."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            parent[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = [root]
-    while frontier:
-        pid = frontier.pop()
-        for child, ppid in parent.items():
-            if ppid == pid and child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _helper_pids() -> set[int]:
@@ -77,18 +46,9 @@ def _helper_pids() -> set[int]:
 def _workers_left() -> set[int]:
     """Live processes below this one, except multiprocessing's idle helpers."""
     helpers = _helper_pids()
-    left = _live_descendants(os.getpid()) - helpers
+    left = live_descendants(os.getpid()) - helpers
     # a helper's children are workers: those still count
-    return left | {p for h in helpers for p in _live_descendants(h)}
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    return left | {p for h in helpers for p in live_descendants(h)}
 
 
 def touch(path: str, *args: object) -> str:
@@ -487,8 +447,8 @@ def test_ctrl_c_stops_every_worker_and_raises_keyboard_interrupt(tmp_path, runne
     assert proc.returncode != 0
     assert "KeyboardInterrupt reached the caller" in out
     assert "KeyboardInterrupt" in err
-    assert wait_until(lambda: not any(_alive(p) for p in workers), 5)
-    assert not _live_descendants(proc.pid)
+    assert wait_until(lambda: not still_alive(workers), 5)
+    assert not live_descendants(proc.pid)
 
 
 def test_workers_die_when_the_driver_is_killed(tmp_path):
@@ -496,9 +456,7 @@ def test_workers_die_when_the_driver_is_killed(tmp_path):
     workers = {int(p) for p in pids.read_text().split()}
     proc.kill()
     proc.communicate(timeout=10)
-    assert wait_until(lambda: not any(_alive(p) for p in workers), 10), [
-        p for p in workers if _alive(p)
-    ]
+    assert wait_until(lambda: not still_alive(workers), 10), still_alive(workers)
 
 
 # -- prefetching tiny tasks --------------------------------------------------------

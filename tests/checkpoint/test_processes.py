@@ -22,7 +22,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import pytest
 
 import taskmap
 from tests.conftest import Calls
+from tests.procs import live_descendants, still_alive, tagged, wait_until
 
 REPO = Path(taskmap.__file__).resolve().parents[1]
 DB_NAME = "taskmap-cache.sqlite3"
@@ -464,64 +465,6 @@ def grid_expected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
 
 
 # -- /proc: what a killed driver leaves behind ----------------------------------------
-
-
-def _proc_stats() -> dict[int, tuple[str, int]]:
-    """pid -> (state, parent pid) of every process, read from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            found[int(entry.name)] = (fields[0], int(fields[1]))
-    return found
-
-
-def live_descendants(root: int) -> set[int]:
-    """Live (not zombie) processes below ``root``."""
-    stats = _proc_stats()
-    found: set[int] = set()
-    frontier = [root]
-    while frontier:
-        pid = frontier.pop()
-        for child, (state, parent) in stats.items():
-            if parent == pid and state != "Z" and child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
-
-
-def tagged(tag: str) -> set[int]:
-    """Live processes whose environment holds ``TM_TAG=<tag>``: a driver's children
-    (forkserver, workers, resource tracker) inherit it, whoever their parent is now."""
-    needle = f"TM_TAG={tag}".encode()
-    found = set()
-    for pid, (state, _) in _proc_stats().items():
-        if state == "Z":
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.add(pid)
-    return found
-
-
-def still_alive(pids: set[int]) -> set[int]:
-    stats = _proc_stats()
-    return {pid for pid in pids if pid in stats and stats[pid][0] != "Z"}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- 4. SIGKILL at a random point, then resume ------------------------------------------
