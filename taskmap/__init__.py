@@ -21,6 +21,7 @@ from .errors import RunStoppedError as RunStoppedError
 from .errors import SerializationError as SerializationError
 from .errors import TaskError as TaskError
 from .errors import TaskmapError as TaskmapError
+from .errors import TaskTimeoutError as TaskTimeoutError
 from .errors import UnknownTaskError as UnknownTaskError
 from .errors import UpstreamFailedError as UpstreamFailedError
 from .errors import WorkerCrashedError as WorkerCrashedError
@@ -38,7 +39,10 @@ from .graph import reset_failed_tasks as reset_failed_tasks
 from .graph import reset_tasks as reset_tasks
 from .graph import save_cache as save_cache
 from .logs import in_progress as in_progress
+from .policies import Retry as Retry
 from .record import RunStats as RunStats
+from .record import TaskOutcome as TaskOutcome
+from .record import TaskStats as TaskStats
 from .runners import run as run
 from .runners import run_async as run_async
 from .runners import run_parallel as run_parallel
@@ -63,11 +67,15 @@ __all__ = [
     "NotCallableError",
     "PickleEncoder",
     "Reason",
+    "Retry",
     "RunStats",
     "RunStoppedError",
     "SerializationError",
     "TaskError",
+    "TaskOutcome",
     "TaskState",
+    "TaskStats",
+    "TaskTimeoutError",
     "TaskmapError",
     "UnknownTaskError",
     "UpstreamFailedError",

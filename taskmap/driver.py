@@ -19,6 +19,13 @@ With a cache (``create_graph(cache=...)``), a popped task is looked up first
 hit finishes it with the stored value and nothing runs; worker processes start at
 the first miss, so a fully cached rerun starts none.
 
+Policies (``create_graph(retries=, timeouts=)``) are applied here, the same way
+by both drivers: a task that raises and may be retried stays RUNNING in the
+frontier (it keeps its channel slots) and is called again after its backoff; a
+timeout cancels a coroutine, abandons a thread, and is passed to the CPU backend,
+which stops the worker.  `Outcomes` keeps each task's attempts and times in a
+`Timeline`, which becomes ``graph.stats``.
+
 The sync driver calls tasks one after another and runs a coroutine to completion
 on one `asyncio.Runner` created at the first coroutine.  The asyncio driver never
 polls: it starts every READY task, and the done-callback of each coroutine or
@@ -30,16 +37,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import random
 import signal
 import threading
-from collections.abc import Callable, Collection, Coroutine, Hashable, Iterator, Sequence
+import time
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Hashable,
+    Iterator,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
 from .backends import Backend
 from .checkpoint import CacheRun
-from .errors import RunStoppedError, TaskError, UpstreamFailedError
+from .errors import RunStoppedError, TaskError, TaskTimeoutError, UpstreamFailedError
 from .events import (
     Observer,
     RunFinished,
@@ -47,13 +64,26 @@ from .events import (
     TaskFailed,
     TaskFinished,
     TaskQueued,
+    TaskRetrying,
     TaskSkipped,
     TaskStarted,
     fan_out,
 )
 from .frontier import Frontier, TaskState
 from .graph import Graph
-from .record import RunStats
+from .policies import Retry
+from .record import (
+    CACHED,
+    DONE,
+    FAILED,
+    LOOP,
+    MAIN,
+    SKIPPED,
+    STOPPED,
+    THREAD,
+    RunStats,
+    Timeline,
+)
 
 __all__ = ["AsyncDriver", "EventLoop", "Outcomes", "drive_sync", "new_event_loop"]
 
@@ -151,14 +181,21 @@ class Outcomes:
         "first_failure",
         "frontier",
         "graph",
+        "history",
+        "home",
         "names",
         "on_failed",
         "on_finished",
         "on_queued",
+        "on_retrying",
         "on_run",
         "on_run_end",
         "on_skipped",
         "on_started",
+        "random",
+        "retries",
+        "timeline",
+        "timeouts",
     )
 
     def __init__(
@@ -183,8 +220,18 @@ class Outcomes:
         self.on_finished = fan_out(observers, TaskFinished)
         self.on_failed = fan_out(observers, TaskFailed)
         self.on_skipped = fan_out(observers, TaskSkipped)
+        self.on_retrying = fan_out(observers, TaskRetrying)
         self.first_failure: BaseException | None = None
         self.first_failed: Hashable = None
+        index, policies = graph.plan.index, graph.policies
+        #: policies by task id
+        self.retries: dict[int, Retry] = {index[t]: r for t, r in policies.retries.items()}
+        self.timeouts: dict[int, float] = {index[t]: s for t, s in policies.timeouts.items()}
+        #: the failed attempts of tasks being retried: (error, seconds waited after it)
+        self.history: dict[int, list[tuple[BaseException, float]]] = {}
+        self.random = random.Random()
+        self.timeline = Timeline(len(self.names))
+        self.home = MAIN  # the lane of tasks run (or loaded) by the driver itself
 
     def start_run(self) -> None:
         """Emit the run's start, carry over earlier failures, and queue the first tasks."""
@@ -200,12 +247,19 @@ class Outcomes:
 
     def end_run(self, interrupted: bool = False) -> None:
         """Write what the cache holds (also when interrupted: finished work is kept)."""
+        timeline = self.timeline
+        timeline.t_end = time.perf_counter()
+        stats = RunStats(
+            started=timeline.wall,
+            makespan=timeline.t_end - timeline.t0,
+            _names=self.names,
+            _timeline=timeline,
+        )
         cache = self.cache
         if cache is not None:
             cache.close()
-            self.graph.stats = RunStats(cache=cache.stats, why=cache.why)
-        else:
-            self.graph.stats = RunStats()
+            stats.cache, stats.why = cache.stats, cache.why
+        self.graph.stats = stats
         if self.on_run_end is not None:
             self.on_run_end(RunFinished(self.graph.name, interrupted))
 
@@ -214,9 +268,41 @@ class Outcomes:
             for tid in tids:
                 self.on_queued(TaskQueued(self.names[tid]))
 
-    def started(self, tid: int, lane: str) -> None:
+    def started(self, tid: int, lane: int) -> None:
+        """Record that an attempt of the task starts on ``lane`` (a `Timeline` lane id)."""
+        timeline = self.timeline
+        if tid not in self.history:  # a retry keeps its first attempt's start
+            timeline.start[tid] = time.perf_counter()
+        timeline.lane[tid] = lane
         if self.on_started is not None:
-            self.on_started(TaskStarted(self.names[tid], lane))
+            self.on_started(TaskStarted(self.names[tid], timeline.lanes[lane]))
+
+    def span(self, tid: int, lane: str, start: float, end: float) -> None:
+        """Record where and when an attempt really ran, as its backend saw it."""
+        timeline = self.timeline
+        timeline.lane[tid] = timeline.lane_id(lane)
+        if len(self.history.get(tid, ())) <= 1:
+            timeline.start[tid] = start
+        timeline.end[tid] = end
+
+    def retry_delay(self, tid: int, error: BaseException) -> float | None:
+        """Seconds to wait before calling a failed task again, or None: it failed.
+
+        Records the attempt and emits `TaskRetrying` (logged as a warning).
+        """
+        policy = self.retries.get(tid)
+        if policy is None or not policy.retries(error):
+            return None
+        history = self.history.setdefault(tid, [])
+        if len(history) >= policy.times:
+            return None
+        delay = policy.wait(len(history) + 1, self.random.random())
+        history.append((error, delay))
+        self.timeline.attempts[tid] = len(history) + 1
+        if self.on_retrying is not None:
+            attempt = len(history)
+            self.on_retrying(TaskRetrying(self.names[tid], attempt, policy.times + 1, error, delay))
+        return delay
 
     def lookup(self, tid: int) -> tuple[bool, Any]:
         """Look a popped task up in the cache: ``(True, value)`` when it is stored."""
@@ -235,8 +321,14 @@ class Outcomes:
         name = self.names[tid]
         self.graph.results[name] = value
         self.graph.done.append(name)
-        if not cached and self.cache is not None:
-            self.cache.stored(tid, value)
+        timeline = self.timeline
+        timeline.end[tid] = now = time.perf_counter()
+        if cached:
+            timeline.start[tid], timeline.lane[tid], timeline.outcome[tid] = now, self.home, CACHED
+        else:
+            timeline.outcome[tid] = DONE
+            if self.cache is not None:
+                self.cache.stored(tid, value)
         newly = self.frontier.finish(tid)
         if self.on_finished is not None:
             self.on_finished(TaskFinished(name, cached))
@@ -244,10 +336,17 @@ class Outcomes:
             self.queued(newly)
 
     def failed(self, tid: int, error: BaseException) -> None:
-        """Store a RUNNING task's exception, skip its descendants; with fail_fast, stop."""
+        """Store a RUNNING task's exception, skip its descendants; with fail_fast, stop.
+
+        Call once the task will not be retried (`retry_delay` returned None).
+        """
         name = self.names[tid]
         self.graph.results[name] = error
         self.graph.done.append(name)
+        self.timeline.end[tid] = time.perf_counter()
+        self.timeline.outcome[tid] = FAILED
+        if tid in self.history:
+            self._add_history(tid, error)
         if self.on_failed is not None:
             self.on_failed(TaskFailed(name, error))
         if self.cache is not None:
@@ -266,8 +365,18 @@ class Outcomes:
     def cancelled(self, tid: int) -> None:
         """Record a RUNNING task cancelled because the run stopped (fail_fast)."""
         self.frontier.cancel(tid)
+        self.timeline.end[tid] = time.perf_counter()
         error = RunStoppedError(self.names[tid], self.first_failed, cancelled=True)
         self._not_run(tid, error)
+
+    def _add_history(self, tid: int, error: BaseException) -> None:
+        history = self.history[tid]
+        attempts = len(history) + 1
+        lines = [f"task {self.names[tid]!r} failed {attempts} attempts; the earlier ones:"]
+        for attempt, (earlier, delay) in enumerate(history, 1):
+            what = f"{type(earlier).__qualname__}: {earlier}".rstrip(": ")
+            lines.append(f"  attempt {attempt}: {what} (retried after {delay:.3g} s)")
+        error.add_note("\n".join(lines))
 
     def _skip(self, tids: list[int], failed: Hashable) -> None:
         names = self.names
@@ -278,6 +387,7 @@ class Outcomes:
         name = self.names[tid]
         self.graph.results[name] = error
         self.graph.done.append(name)
+        self.timeline.outcome[tid] = STOPPED if isinstance(error, RunStoppedError) else SKIPPED
         if self.on_skipped is not None:
             self.on_skipped(TaskSkipped(name, error))
 
@@ -299,10 +409,15 @@ def drive_sync(outcomes: Outcomes) -> None:
     names, parents, funcs = graph.plan.names, graph.plan.parents, graph.funcs
     pop, succeeded, on_started = frontier.pop_ready, outcomes.succeeded, outcomes.on_started
     cache = outcomes.cache
+    timeline = outcomes.timeline
+    start, lane = timeline.start, timeline.lane
+    clock = time.perf_counter
+    # tasks with a retry or a timeout take the slower path
+    special = outcomes.retries.keys() | outcomes.timeouts.keys()
     # values by id: cheaper to reach than graph.results by name on large graphs
     get = graph.results.get
     values = [get(name) for name in names] if graph.done else [None] * len(names)
-    loop: EventLoop | None = None
+    loop = _LazyLoop()
     outcomes.start_run()
     try:
         while (tid := pop()) >= 0:
@@ -314,14 +429,21 @@ def drive_sync(outcomes: Outcomes) -> None:
                     succeeded(tid, value, cached=True)
                     continue
             args = [v for p in parents[tid] if (v := values[p]) is not None]
+            if tid in special:
+                ok, value = _call_with_policies(outcomes, loop, tid, funcs[name], args)
+                if ok:
+                    values[tid] = value
+                    succeeded(tid, value)
+                continue
             if on_started is not None:
-                outcomes.started(tid, "main")
+                outcomes.started(tid, MAIN)
+            else:
+                start[tid] = clock()
+                lane[tid] = MAIN
             try:
                 value = funcs[name](*args)
                 if type(value) is CoroutineType:
-                    if loop is None:
-                        loop = EventLoop()
-                    value = loop.run(value)
+                    value = loop.get().run(value)
             except Exception as exc:
                 call_note(exc, name, graph, len(args))
                 outcomes.failed(tid, exc)
@@ -333,9 +455,94 @@ def drive_sync(outcomes: Outcomes) -> None:
         outcomes.end_run(interrupted=True)
         raise
     finally:
-        if loop is not None:
-            loop.close()
+        loop.close()
     outcomes.end_run()
+
+
+class _LazyLoop:
+    """The sync driver's `EventLoop`, created at the first coroutine."""
+
+    def __init__(self) -> None:
+        self.loop: EventLoop | None = None
+
+    def get(self) -> EventLoop:
+        if self.loop is None:
+            self.loop = EventLoop()
+        return self.loop
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+
+
+def _call_with_policies(
+    outcomes: Outcomes, loop: _LazyLoop, tid: int, func: Callable[..., Any], args: list[Any]
+) -> tuple[bool, Any]:
+    """Call a task of the sync driver under its retry and timeout policies.
+
+    Returns ``(True, value)``, or ``(False, None)`` once its failure is recorded.
+    """
+    name, graph = outcomes.names[tid], outcomes.graph
+    seconds = outcomes.timeouts.get(tid)
+    while True:
+        outcomes.started(tid, MAIN)
+        try:
+            if seconds is None:
+                value = func(*args)
+            elif inspect.iscoroutinefunction(func):
+                value = timed(func(*args), seconds, name, "cancelled")
+            else:  # a plain function cannot be stopped: wait for it in a thread
+                value = call_in_thread(func, args, seconds, name)
+            if type(value) is CoroutineType:
+                value = loop.get().run(value)
+            return True, value
+        except Exception as exc:
+            call_note(exc, name, graph, len(args))
+            delay = outcomes.retry_delay(tid, exc)
+            if delay is None:
+                outcomes.failed(tid, exc)
+                return False, None
+            time.sleep(delay)  # a backoff, not a poll: nothing else can run meanwhile
+
+
+async def timed(awaitable: Awaitable[T], seconds: float, task: Hashable, how: str) -> T:
+    """Await with a timeout; on expiry raise `TaskTimeoutError` (``how`` says what
+    became of the work: a coroutine is ``'cancelled'``, a thread ``'abandoned'``)."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await awaitable
+    except TimeoutError:
+        if deadline.expired():  # ours, not a TimeoutError raised by the task
+            raise TaskTimeoutError(task, seconds, how) from None
+        raise
+
+
+def call_in_thread(
+    func: Callable[..., Any], args: list[Any], seconds: float, task: Hashable
+) -> Any:
+    """Call a plain function in a daemon thread and wait at most ``seconds`` for it.
+
+    A thread cannot be stopped: on timeout it is abandoned (daemonic, so it does not
+    hold up the interpreter's exit) and `TaskTimeoutError` is raised.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, func(*args)))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name=f"taskmap-{task}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        raise TaskTimeoutError(task, seconds, "abandoned")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _check_drained(frontier: Frontier) -> None:
@@ -378,17 +585,23 @@ class AsyncDriver:
         self.finished: asyncio.Future[None] | None = None
         self.inline_call = False  # a plain function is running on the loop right now
         self.backend_started = False
+        # tasks waiting to be retried: their timer, and their arguments meanwhile
+        self.retrying: dict[int, asyncio.TimerHandle] = {}
+        self.retry_args: dict[int, list[Any]] = {}
         # drop_results: how many children of each task have yet to take its result
         self.consumers: list[int] | None = None
         if drop_results:
             self.consumers = [len(c) for c in self.graph.plan.children]
             for tid in targets:
                 self.consumers[tid] = -1  # a target's result is always kept
+        #: the lane of a task sent to the backend, until the backend says which worker
+        self.worker_lane = outcomes.timeline.lane_id("worker")
 
     async def arun(self) -> None:
         """Run until every task is done; on cancellation cancel in-flight tasks and re-raise."""
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
+        self.outcomes.home = LOOP
         restore_sigint = self._interrupt_inline_calls()
         self.outcomes.start_run()
         try:
@@ -489,7 +702,7 @@ class AsyncDriver:
                     self._start_here(tid)
                 while self._capacity(backend) > 0 and (tid := frontier.pop_ready_cpu()) >= 0:
                     self._start_on_backend(tid, backend)
-                if not frontier.ready_io:  # a cache hit among the CPU tasks can ready io
+                if not frontier.has_ready_io():  # a cache hit among the CPU tasks can ready io
                     break
         if not frontier.unfinished and self.finished is not None and not self.finished.done():
             self.finished.set_result(None)
@@ -525,15 +738,25 @@ class AsyncDriver:
         """Run a task in this process: on the loop, inline, or in a thread."""
         if self.outcomes.cache is not None and self._cached(tid):
             return
+        self._run_here(tid, self._args(tid))
+
+    def _run_here(self, tid: int, args: list[Any]) -> None:
         outcomes, graph = self.outcomes, self.graph
         name = graph.plan.names[tid]
         func = graph.funcs[name]
-        args = self._args(tid)
-        if self.frontier.is_io(tid) and not inspect.iscoroutinefunction(func):
-            outcomes.started(tid, "thread")
-            self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
-            return
-        outcomes.started(tid, "loop")
+        if tid in outcomes.retries:
+            self.retry_args[tid] = args
+        seconds = outcomes.timeouts.get(tid) if outcomes.timeouts else None
+        if not inspect.iscoroutinefunction(func):
+            if seconds is not None:  # the loop can only time what does not block it
+                outcomes.started(tid, THREAD)
+                self._watch(tid, self._in_thread(func, args, seconds, name))
+                return
+            if self.frontier.is_io(tid):
+                outcomes.started(tid, THREAD)
+                self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
+                return
+        outcomes.started(tid, LOOP)
         self.inline_call = True
         try:
             value = func(*args)
@@ -544,23 +767,59 @@ class AsyncDriver:
         finally:
             self.inline_call = False
         if type(value) is CoroutineType:
+            if seconds is not None:
+                value = timed(value, seconds, name, "cancelled")
             self._watch(tid, asyncio.ensure_future(value))
         else:
             outcomes.succeeded(tid, value)
+
+    def _in_thread(
+        self, func: Callable[..., Any], args: list[Any], seconds: float, name: Hashable
+    ) -> asyncio.Future[Any]:
+        """Call a plain function in a daemon thread of its own, timed from the loop: on
+        timeout the thread is abandoned (a pool's thread would stay taken)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not future.done():
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+        def target() -> None:
+            try:
+                outcome = (True, func(*args))
+            except BaseException as exc:
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        threading.Thread(target=target, name=f"taskmap-{name}", daemon=True).start()
+        return asyncio.ensure_future(timed(future, seconds, name, "abandoned"))
 
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
         if self.outcomes.cache is not None and self._cached(tid):
             return
         if not self.backend_started:
             self._start_backend(backend, 1)
+        self._submit(tid, self._args(tid), backend)
+
+    def _submit(self, tid: int, args: list[Any], backend: Backend) -> None:
+        outcomes = self.outcomes
         name = self.graph.plan.names[tid]
-        args = self._args(tid)
+        if tid in outcomes.retries:
+            self.retry_args[tid] = args
         try:
-            future = backend.submit(tid, name, self.graph.funcs[name], args)
+            future = backend.submit(
+                tid, name, self.graph.funcs[name], args, timeout=outcomes.timeouts.get(tid)
+            )
         except TaskError as exc:  # the function or arguments cannot be sent
+            outcomes.started(tid, LOOP)
             self._failed(tid, exc)
             return
-        self.outcomes.started(tid, "worker")
+        outcomes.started(tid, self.worker_lane)
         self._watch(tid, future)
 
     def _watch(self, tid: int, future: asyncio.Future[Any]) -> None:
@@ -580,6 +839,7 @@ class AsyncDriver:
         del self.inflight[tid]
         if self.finished is None or self.finished.done():  # aborting: leave it unrecorded
             return
+        span = self.backend.span(tid) if self.backend is not None else None
         if future.cancelled():
             self.outcomes.cancelled(tid)
         elif (exc := future.exception()) is not None:
@@ -591,14 +851,46 @@ class AsyncDriver:
             if type(value) is CoroutineType:  # a plain io-bound function returned a coroutine
                 self._watch(tid, asyncio.ensure_future(value))
                 return
+            self.retry_args.pop(tid, None)
             self.outcomes.succeeded(tid, value)
+        if span is not None:
+            self.outcomes.span(tid, *span)
         self._pump()
 
     def _failed(self, tid: int, exc: BaseException) -> None:
-        self.outcomes.failed(tid, exc)
-        if self.outcomes.fail_fast:  # stop what runs too
+        """A task raised: retry it after its backoff, or record its failure."""
+        outcomes = self.outcomes
+        if outcomes.retries and (delay := outcomes.retry_delay(tid, exc)) is not None:
+            loop = asyncio.get_running_loop()
+            self.retrying[tid] = loop.call_later(delay, self._guarded, self._retry, tid)
+            return
+        self.retry_args.pop(tid, None)
+        outcomes.failed(tid, exc)
+        if outcomes.fail_fast:  # stop what runs, and what waits to be retried
             for future in self.inflight.values():
                 future.cancel()
+            for waiting in list(self.retrying):
+                self.retrying.pop(waiting).cancel()
+                self.retry_args.pop(waiting, None)
+                outcomes.cancelled(waiting)
+
+    def _retry(self, tid: int) -> None:
+        """Call a task again after its backoff, where it ran before."""
+        del self.retrying[tid]
+        args = self.retry_args[tid]
+        backend = self.backend
+        if backend is not None and (self.all_on_backend or not self.frontier.is_io(tid)):
+            self._submit(tid, args, backend)
+        else:
+            self._run_here(tid, args)
+        self._pump()
+
+    def _guarded(self, callback: Callable[[int], None], tid: int) -> None:
+        try:
+            callback(tid)
+        except Exception as exc:  # as in _on_done: never a hang
+            if self.finished is not None and not self.finished.done():
+                self.finished.set_exception(exc)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self.threads is None:
@@ -612,6 +904,8 @@ class AsyncDriver:
         """Cancel what runs and stop the backend at once (interrupt, or a bug)."""
         if self.finished is not None and not self.finished.done():
             self.finished.cancel()
+        for timer in self.retrying.values():
+            timer.cancel()
         futures = list(self.inflight.values())
         for future in futures:
             future.cancel()

@@ -39,6 +39,7 @@ __all__ = [
     "RunStoppedError",
     "SerializationError",
     "TaskError",
+    "TaskTimeoutError",
     "TaskmapError",
     "UnknownTaskError",
     "UpstreamFailedError",
@@ -261,6 +262,39 @@ class WorkerCrashedError(TaskError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.pid, self.exitcode))
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The task ran longer than its timeout (``create_graph(timeouts=...)``).
+
+    How it was stopped depends on where it ran: a coroutine is cancelled; a task in
+    a worker process is stopped by killing that worker, which is replaced; a plain
+    function in a thread of this process cannot be stopped, so it is abandoned and
+    runs on until it returns (its result is ignored).  Unlike `WorkerCrashedError`,
+    the task itself took too long.  It is also a `TimeoutError`, so a `Retry` with
+    ``on=(TimeoutError,)`` retries it.
+
+    Attributes:
+        task: the task that timed out.
+        seconds: its timeout.
+        how: how it was stopped (``'cancelled'``, ``'worker replaced'``,
+            ``'abandoned'``, or ``'executor'`` for a foreign executor).
+    """
+
+    def __init__(self, task: Hashable, seconds: float, how: str) -> None:
+        self.seconds = seconds
+        self.how = how
+        detail = {
+            "cancelled": "its coroutine was cancelled",
+            "worker replaced": "its worker process was killed and replaced",
+            "abandoned": "it runs in a thread, which cannot be stopped: it was abandoned",
+            "executor": "the executor was asked to cancel it (a task already running on "
+            "a Dask worker runs on until it returns)",
+        }.get(how, how)
+        super().__init__(task, f"task {task!r} timed out after {seconds:g} s: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.seconds, self.how))
 
 
 def describe_exit(pid: int | None, exitcode: int | None) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "TaskFailed",
     "TaskFinished",
     "TaskQueued",
+    "TaskRetrying",
     "TaskSkipped",
     "TaskStarted",
     "fan_out",
@@ -65,6 +66,18 @@ class TaskFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRetrying:
+    """Attempt ``attempt`` of ``attempts`` of the task raised ``error``; it is tried
+    again in ``delay`` seconds (``create_graph(retries=...)``)."""
+
+    task: Hashable
+    attempt: int
+    attempts: int
+    error: BaseException
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class TaskSkipped:
     """The task was not run, or was cancelled; ``error`` says why."""
 
@@ -81,7 +94,14 @@ class RunFinished:
 
 
 Event = (
-    RunStarted | TaskQueued | TaskStarted | TaskFinished | TaskFailed | TaskSkipped | RunFinished
+    RunStarted
+    | TaskQueued
+    | TaskStarted
+    | TaskFinished
+    | TaskFailed
+    | TaskRetrying
+    | TaskSkipped
+    | RunFinished
 )
 Observer = Callable[[Event], None]
 """Any callable taking an event.  It may have an ``events`` attribute, a collection of
@@ -95,6 +115,7 @@ EVENT_TYPES = (
     TaskStarted,
     TaskFinished,
     TaskFailed,
+    TaskRetrying,
     TaskSkipped,
     RunFinished,
 )

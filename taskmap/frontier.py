@@ -14,6 +14,11 @@ Rule 3: when a task fails, every descendant still in the run is SKIPPED at once,
         and the driver records why (`UpstreamFailedError` naming the root cause).
 Rule 4: an illegal transition (finishing a task that is not running...) raises
         `RuntimeError` and changes nothing.
+Rule 5: with limits, a task runs only while each of its channels has a free slot.
+        A popped task whose channel is full is *held* (still READY) in that
+        channel's queue; each slot a finishing task frees wakes one held task back
+        to the front of the ready queues.  Priorities order the ready queues, after
+        Rule 2.
 
 States (one byte per task, ``state[tid]``)::
 
@@ -23,7 +28,10 @@ States (one byte per task, ``state[tid]``)::
        └─────────┴─────────┴────► STOPPED   (fail_fast: not started, or cancelled)
 
 Fields: ``waiting[tid]`` counts the dependency edges of ``tid`` not yet finished;
-``ready_io`` / ``ready_cpu`` are FIFO queues of READY ids; ``unfinished`` counts
+``ready_io`` / ``ready_cpu`` are FIFO queues of READY ids (heaps ``_heap_io`` /
+``_heap`` replace them when tasks have priorities); ``_channels[tid]`` are the
+ids of the limited channels of a task, ``_free[c]`` the free slots of channel
+``c`` and ``_held[c]`` the READY tasks waiting for one; ``unfinished`` counts
 the tasks of this run not yet DONE, FAILED, SKIPPED or STOPPED; ``running`` counts
 RUNNING tasks.  The run is over when ``unfinished == 0``.
 """
@@ -64,8 +72,12 @@ class Frontier:
     """
 
     __slots__ = (
+        "_channels",
         "_children",
+        "_free",
         "_heap",
+        "_heap_io",
+        "_held",
         "_io",
         "_priority",
         "ready_cpu",
@@ -86,6 +98,8 @@ class Frontier:
         failed: Collection[int] = (),
         targets: Iterable[int] | None = None,
         priority: Sequence[int] | None = None,
+        channels: Sequence[Sequence[int]] | None = None,
+        limits: Sequence[int] = (),
     ) -> None:
         """Start a run.
 
@@ -96,8 +110,11 @@ class Frontier:
             failed: ids among ``done`` whose outcome is an error: their
                 descendants in this run are skipped, not run.
             targets: run only these and their ancestors (None: every task).
-            priority: a number per task; among READY CPU tasks the highest goes
-                first (ties: lowest id).  None: first ready, first out.
+            priority: a number per task; among READY tasks (io-bound ones still
+                first) the highest goes first (ties: lowest id).  None: first
+                ready, first out.
+            channels: per task, the ids of its limited channels (None: no limits).
+            limits: per channel id, how many of its tasks may run at once.
         """
         n = len(plan.names)
         self._children = plan.children
@@ -108,6 +125,10 @@ class Frontier:
         self.ready_cpu: deque[int] = deque()
         self._priority = priority
         self._heap: list[tuple[int, int]] | None = None if priority is None else []
+        self._heap_io: list[tuple[int, int]] | None = None if priority is None else []
+        self._channels = channels
+        self._free = list(limits)
+        self._held: list[deque[int]] = [deque() for _ in limits]
         self.running = 0
         state = self.state = bytearray([_WAITING]) * n
         if targets is not None:
@@ -137,48 +158,73 @@ class Frontier:
         return bool(self._io[tid])
 
     def has_ready(self) -> bool:
-        """Whether a task is READY."""
-        return bool(self.ready_io or self.ready_cpu or self._heap)
+        """Whether a task is READY to be handed out (held tasks wait for a slot)."""
+        return bool(self.ready_io or self.ready_cpu or self._heap_io or self._heap)
+
+    def has_ready_io(self) -> bool:
+        """Whether an io-bound task is READY to be handed out."""
+        return bool(self.ready_io or self._heap_io)
 
     def ready(self) -> list[int]:
-        """The READY ids, io-bound first, in the order they will be handed out."""
-        heap = sorted(self._heap or ())
-        return [*self.ready_io, *self.ready_cpu, *(tid for _, tid in heap)]
+        """The READY ids, io-bound first, in the order they will be handed out; then
+        the tasks held for a channel slot."""
+        heap_io, heap = sorted(self._heap_io or ()), sorted(self._heap or ())
+        return [
+            *self.ready_io,
+            *(tid for _, tid in heap_io),
+            *self.ready_cpu,
+            *(tid for _, tid in heap),
+            *(tid for held in self._held for tid in held),
+        ]
 
     # -- transitions --------------------------------------------------------
 
     def pop_ready(self) -> int:
         """Hand out the next READY task (io-bound first) and mark it RUNNING; -1 if none."""
         # pop_ready_io and pop_ready_cpu inlined: this is `run`'s per-task hot path.
-        if self.ready_io:
-            tid = self.ready_io.popleft()
-        elif self.ready_cpu:
-            tid = self.ready_cpu.popleft()
-        elif self._heap:
-            tid = heappop(self._heap)[1]
-        else:
-            return -1
+        while True:
+            if self.ready_io:
+                tid = self.ready_io.popleft()
+            elif self.ready_cpu:
+                tid = self.ready_cpu.popleft()
+            elif self._heap_io:
+                tid = heappop(self._heap_io)[1]
+            elif self._heap:
+                tid = heappop(self._heap)[1]
+            else:
+                return -1
+            if self._channels is None or self._admit(tid):
+                break
         self.state[tid] = _RUNNING
         self.running += 1
         return tid
 
     def pop_ready_cpu(self) -> int:
         """Hand out the next READY CPU-bound task and mark it RUNNING; -1 if none."""
-        if self.ready_cpu:
-            tid = self.ready_cpu.popleft()
-        elif self._heap:
-            tid = heappop(self._heap)[1]
-        else:
-            return -1
+        while True:
+            if self.ready_cpu:
+                tid = self.ready_cpu.popleft()
+            elif self._heap:
+                tid = heappop(self._heap)[1]
+            else:
+                return -1
+            if self._channels is None or self._admit(tid):
+                break
         self.state[tid] = _RUNNING
         self.running += 1
         return tid
 
     def pop_ready_io(self) -> int:
         """Hand out the next READY io-bound task and mark it RUNNING; -1 if none."""
-        if not self.ready_io:
-            return -1
-        tid = self.ready_io.popleft()
+        while True:
+            if self.ready_io:
+                tid = self.ready_io.popleft()
+            elif self._heap_io:
+                tid = heappop(self._heap_io)[1]
+            else:
+                return -1
+            if self._channels is None or self._admit(tid):
+                break
         self.state[tid] = _RUNNING
         self.running += 1
         return tid
@@ -191,6 +237,8 @@ class Frontier:
         state[tid] = _DONE
         self.running -= 1
         self.unfinished -= 1
+        if self._channels is not None:
+            self._release(tid)
         waiting = self.waiting
         newly = []
         for child in self._children[tid]:
@@ -198,12 +246,12 @@ class Frontier:
             if not waiting[child] and state[child] == _WAITING:
                 newly.append(child)
                 state[child] = _READY
-                if self._io[child]:
+                if self._heap is not None:
+                    self._push(child)
+                elif self._io[child]:
                     self.ready_io.append(child)
-                elif self._heap is None:
-                    self.ready_cpu.append(child)
                 else:
-                    self._push_cpu(child)
+                    self.ready_cpu.append(child)
         return newly
 
     def fail(self, tid: int) -> list[int]:
@@ -213,6 +261,8 @@ class Frontier:
         self.state[tid] = _FAILED
         self.running -= 1
         self.unfinished -= 1
+        if self._channels is not None:
+            self._release(tid)
         return self._skip_from([tid], _FAILED)
 
     def cancel(self, tid: int) -> None:
@@ -222,6 +272,8 @@ class Frontier:
         self.state[tid] = _STOPPED
         self.running -= 1
         self.unfinished -= 1
+        if self._channels is not None:
+            self._release(tid)
 
     def stop(self) -> list[int]:
         """Stop the run: every WAITING or READY task becomes STOPPED; return their ids.
@@ -234,8 +286,9 @@ class Frontier:
             state[tid] = _STOPPED
         self.ready_io.clear()
         self.ready_cpu.clear()
-        if self._heap:
-            self._heap.clear()
+        for queue in (self._heap, self._heap_io, *self._held):
+            if queue:
+                queue.clear()
         self.unfinished -= len(stopped)
         return stopped
 
@@ -243,17 +296,53 @@ class Frontier:
 
     def _make_ready(self, tid: int) -> None:
         self.state[tid] = _READY
-        if self._io[tid]:
+        if self._heap is not None:
+            self._push(tid)
+        elif self._io[tid]:
             self.ready_io.append(tid)
-        elif self._heap is None:
-            self.ready_cpu.append(tid)
         else:
-            self._push_cpu(tid)
+            self.ready_cpu.append(tid)
 
-    def _push_cpu(self, tid: int) -> None:
+    def _push(self, tid: int) -> None:
         assert self._heap is not None
+        assert self._heap_io is not None
         assert self._priority is not None
-        heappush(self._heap, (-self._priority[tid], tid))
+        heappush(self._heap_io if self._io[tid] else self._heap, (-self._priority[tid], tid))
+
+    def _admit(self, tid: int) -> bool:
+        """Take a slot of each of the task's channels, or hold it (Rule 5)."""
+        assert self._channels is not None
+        channels, free = self._channels[tid], self._free
+        for c in channels:
+            if free[c] <= 0:
+                self._held[c].append(tid)
+                # The slots of its other channels it did not take may serve tasks
+                # held there.  Each such wake moves a task to a full channel's
+                # queue, so this ends.
+                for other in channels:
+                    if free[other] > 0:
+                        self._wake(other)
+                return False
+        for c in channels:
+            free[c] -= 1
+        return True
+
+    def _release(self, tid: int) -> None:
+        assert self._channels is not None
+        for c in self._channels[tid]:
+            self._free[c] += 1
+            self._wake(c)
+
+    def _wake(self, c: int) -> None:
+        """Put the first task held for channel ``c`` back in front of the ready queues."""
+        if self._held[c]:
+            tid = self._held[c].popleft()
+            if self._heap is not None:
+                self._push(tid)
+            elif self._io[tid]:
+                self.ready_io.appendleft(tid)
+            else:
+                self.ready_cpu.appendleft(tid)
 
     def _skip_from(self, roots: Iterable[int], expected: int) -> list[int]:
         """Skip every WAITING descendant of ``roots``. O(descendants' edges)."""

@@ -25,6 +25,7 @@ from .errors import (
     UpstreamFailedError,
     with_article,
 )
+from .policies import Policies, Retry, make_policies
 from .record import RunStats
 
 __all__ = [
@@ -126,6 +127,7 @@ class Graph:
             ``<name>-worker``).
         logging_config: as given to `create_graph`.
         checkpoint: the graph's cache (`create_graph`'s ``cache=``), or None.
+        policies: the tasks' retries, timeouts, channels and priorities.
         stats: what the last run did (a `RunStats`; empty before the first run).
     """
 
@@ -138,6 +140,7 @@ class Graph:
     logging_config: dict[str, Any] = field(default_factory=dict)
     plan: Plan = field(default=None, repr=False)  # type: ignore[assignment]
     checkpoint: Checkpoint | None = field(default=None, repr=False)
+    policies: Policies = field(default_factory=Policies, repr=False)
     stats: RunStats = field(default_factory=RunStats, repr=False)
 
     @property
@@ -162,6 +165,7 @@ class Graph:
             self.name,
             self.logging_config,
             self.checkpoint,
+            self.policies,
         )
         return (_restore, state)
 
@@ -186,6 +190,10 @@ def create_graph(
     versions: Mapping[Any, str | int] | None = None,
     encoders: Mapping[Any, Encoder | str] | None = None,
     cache_write: WriteMode = "exit",
+    retries: Mapping[Any, int | Retry] | Iterable[Any] | None = None,
+    timeouts: Mapping[Any, float] | None = None,
+    channels: Mapping[Any, str | Iterable[str]] | None = None,
+    priorities: Mapping[Any, float] | None = None,
 ) -> Graph:
     """Validate a dependency graph and return it ready to run.
 
@@ -219,6 +227,18 @@ def create_graph(
         cache_write: when values are written: ``'exit'`` (as each task finishes,
             the default), a number of seconds (periodically), ``'end'`` (at the end
             of the run) or ``'manual'`` (on `save_cache`).
+        retries: task -> how many times to retry it when it raises, or a `Retry`
+            (backoff, jitter, which exception types); a list of names gives each
+            ``Retry()``: 3 retries after 0.5, 1 and 2 s (less jitter).  Every
+            attempt is logged; the final exception lists the earlier ones in its
+            notes.
+        timeouts: task -> seconds an attempt may run; then it fails with
+            `TaskTimeoutError` (a coroutine is cancelled, a worker process is
+            killed and replaced, a thread is abandoned).
+        channels: task -> a channel name or a list of them; a run's ``limits=``
+            caps how many tasks of a channel run at once (``{'db': 2}``).
+        priorities: task -> a number; among ready tasks the highest starts first
+            (io-bound tasks still start before the others).
 
     Returns:
         The `Graph`.
@@ -229,7 +249,7 @@ def create_graph(
         MissingFunctionError: a task has no function in ``funcs``.
         NotCallableError: a task's function is not callable.
         UnknownTaskError: ``io_bound``, ``done``, ``results``, ``uncached``,
-            ``versions`` or ``encoders`` name a non-task.
+            ``versions``, ``encoders`` or a policy names a non-task.
         TypeError: an argument has the wrong type.
 
     Example:
@@ -253,6 +273,9 @@ def create_graph(
             f"logging_config has unknown keys: {sorted(unknown)!r} "
             "(known: 'level', 'path', 'write')"
         )
+    policies = make_policies(retries, timeouts, channels, priorities)
+    for where in ("retries", "timeouts", "channels", "priorities"):
+        plan.ids(where, getattr(policies, where))
     checkpoint = None
     if cache is not None:
         checkpoint = Checkpoint(
@@ -274,6 +297,7 @@ def create_graph(
         logging_config=config,
         plan=plan,
         checkpoint=checkpoint,
+        policies=policies,
     )
     return graph
 
@@ -295,9 +319,11 @@ def _restore(
     name: str,
     logging_config: dict[str, Any],
     checkpoint: Checkpoint | None = None,
+    policies: Policies | None = None,
 ) -> Graph:
     graph = create_graph(funcs, dependencies, io_bound, (), results, name, logging_config)
     graph.checkpoint = checkpoint
+    graph.policies = policies or Policies()
     graph.done[:] = done  # done may name tasks whose result was dropped: keep it as it was
     return graph
 

@@ -23,6 +23,7 @@ from .events import (
     TaskFailed,
     TaskFinished,
     TaskQueued,
+    TaskRetrying,
     TaskSkipped,
     TaskStarted,
 )
@@ -74,6 +75,8 @@ class LogObserver:
         self.events: tuple[type, ...] = ()
         if self.manager.isEnabledFor(logging.INFO) or self.worker.isEnabledFor(logging.INFO):
             self.events = EVENT_TYPES
+        elif self.worker.isEnabledFor(logging.WARNING):
+            self.events = (TaskFailed, TaskRetrying)
         elif self.worker.isEnabledFor(logging.ERROR):
             self.events = (TaskFailed,)
 
@@ -88,6 +91,16 @@ class LogObserver:
                 self.worker.info("pid %d: finished task %s", pid, task)
             case TaskFailed(task, error):
                 self.worker.error("pid %d: failed task %s", pid, task, exc_info=error)
+            case TaskRetrying(task, attempt, attempts, error, delay):
+                self.worker.warning(
+                    "pid %d: retrying task %s in %.3g s: attempt %d of %d failed: %s",
+                    pid,
+                    task,
+                    delay,
+                    attempt,
+                    attempts,
+                    _one_line(error),
+                )
             case TaskSkipped(task, error):
                 self.manager.info("pid %d: skipped task %s", pid, task)
             case RunStarted(graph, tasks):
@@ -95,6 +108,11 @@ class LogObserver:
             case RunFinished(graph, interrupted):
                 how = "interrupted" if interrupted else "finished"
                 self.manager.info("pid %d: run of %s %s", pid, graph, how)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__qualname__}: {text[0]}" if text else type(error).__qualname__
 
 
 def in_progress(path_to_log: str | os.PathLike[str]) -> dict[str, set[str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Executor
 from multiprocessing.context import BaseContext
 from typing import Literal
@@ -16,6 +16,7 @@ from .events import Observer
 from .frontier import Frontier
 from .graph import Graph
 from .logs import LogObserver, configure
+from .policies import IO_CHANNEL, check_limits
 
 __all__ = ["run", "run_async", "run_parallel", "run_parallel_async"]
 
@@ -29,6 +30,7 @@ def run(
     on_error: OnError = "continue",
     raise_errors: bool = False,
     sleep: float | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> Graph:
     """Run the graph's tasks one at a time in this thread.
 
@@ -47,16 +49,19 @@ def run(
         raise_errors: legacy; implies ``'fail_fast'`` and re-raises the first
             task exception once the run has stopped.
         sleep: legacy, accepted and ignored: taskmap does not poll.
+        limits: channel -> the most tasks of that channel running at once
+            (``create_graph(channels=...)`` puts tasks in channels; ``'io'`` holds
+            every io-bound task).  With one task at a time, only checked here.
 
     Returns:
-        The same graph, with ``results`` and ``done`` filled.
+        The same graph, with ``results`` and ``done`` filled, and ``stats``.
 
     Example:
         >>> graph = create_graph({'a': lambda: 2, 'b': lambda a: a * 10}, {'a': [], 'b': ['a']})
         >>> run(graph).results['b']
         20
     """
-    outcomes, _ = _prepare(graph, targets, on_error, raise_errors)
+    outcomes, _ = _prepare(graph, targets, on_error, raise_errors, limits)
     drive_sync(outcomes)
     return _finish(outcomes, raise_errors)
 
@@ -68,6 +73,7 @@ def run_async(
     targets: Iterable[Hashable] | None = None,
     on_error: OnError = "continue",
     raise_errors: bool = False,
+    limits: Mapping[str, int] | None = None,
 ) -> Graph:
     """Run the graph on one event loop in this thread (uvloop when installed).
 
@@ -84,11 +90,13 @@ def run_async(
             cancelled and get a `RunStoppedError`), as in `run`.
         raise_errors: legacy; implies ``'fail_fast'`` and re-raises the first
             task exception once the run has stopped.
+        limits: channel -> the most tasks of that channel running at once;
+            ``{'io': 20}`` caps the io-bound tasks running at once.
 
     Returns:
-        The same graph, with ``results`` and ``done`` filled.
+        The same graph, with ``results`` and ``done`` filled, and ``stats``.
     """
-    outcomes, _ = _prepare(graph, targets, on_error, raise_errors)
+    outcomes, _ = _prepare(graph, targets, on_error, raise_errors, limits)
     with EventLoop() as loop:
         loop.run(AsyncDriver(outcomes).arun())
     return _finish(outcomes, raise_errors)
@@ -106,6 +114,7 @@ def run_parallel(
     executor: Executor | None = None,
     mp_context: str | BaseContext | None = None,
     drop_results: bool = False,
+    limits: Mapping[str, int] | None = None,
 ) -> Graph:
     """Run every task in a pool of worker processes, io-bound ones handed out first.
 
@@ -133,9 +142,11 @@ def run_parallel(
             taken it, unless it is a target or has no children (saves memory on
             long graphs of large values; rerunning a child then needs its parent
             rerun too).
+        limits: channel -> the most tasks of that channel running at once
+            (``create_graph(channels=...)``); ``{'io': 20}`` caps io-bound tasks.
 
     Returns:
-        The same graph, with ``results`` and ``done`` filled.
+        The same graph, with ``results`` and ``done`` filled, and ``stats``.
     """
     workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) - 1))
     return _run_on_loop(
@@ -146,6 +157,7 @@ def run_parallel(
         lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=True,
         drop_results=drop_results,
+        limits=limits,
     )
 
 
@@ -161,6 +173,7 @@ def run_parallel_async(
     executor: Executor | None = None,
     mp_context: str | BaseContext | None = None,
     drop_results: bool = False,
+    limits: Mapping[str, int] | None = None,
 ) -> Graph:
     """Run io-bound tasks on this process's event loop and the others in worker processes.
 
@@ -176,10 +189,10 @@ def run_parallel_async(
             at least 1).
         sleep: legacy, accepted and ignored: taskmap does not poll.
         nprocs, targets, on_error, raise_errors, executor, mp_context,
-        drop_results: as in `run_parallel`.
+        drop_results, limits: as in `run_parallel`.
 
     Returns:
-        The same graph, with ``results`` and ``done`` filled.
+        The same graph, with ``results`` and ``done`` filled, and ``stats``.
 
     Example:
         >>> graph = create_graph(funcs, dependencies, io_bound=['fetch_a', 'fetch_b'])
@@ -194,6 +207,7 @@ def run_parallel_async(
         lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=False,
         drop_results=drop_results,
+        limits=limits,
     )
 
 
@@ -225,8 +239,9 @@ def _run_on_loop(
     *,
     all_on_backend: bool,
     drop_results: bool,
+    limits: Mapping[str, int] | None,
 ) -> Graph:
-    outcomes, target_ids = _prepare(graph, targets, on_error, raise_errors, priority=True)
+    outcomes, target_ids = _prepare(graph, targets, on_error, raise_errors, limits, parallel=True)
     backend = make_backend()
     driver = AsyncDriver(
         outcomes,
@@ -255,13 +270,16 @@ def _prepare(
     targets: Iterable[Hashable] | None,
     on_error: str,
     raise_errors: bool,
+    limits: Mapping[str, int] | None,
     observers: Iterable[Observer] = (),
     *,
-    priority: bool = False,
+    parallel: bool = False,
 ) -> tuple[Outcomes, list[int] | None]:
     """Check the run's arguments and set up its frontier and bookkeeping.
 
-    Returns the bookkeeping and the targets' ids (None: every task is a target).
+    ``parallel``: order ready tasks by the longest chain after them (after the
+    user's priorities), which keeps workers busy.  Returns the bookkeeping and the
+    targets' ids (None: every task is a target).
     """
     if not isinstance(graph, Graph):
         raise TypeError(
@@ -271,16 +289,21 @@ def _prepare(
     if on_error not in ("continue", "fail_fast"):
         raise ValueError(f"on_error must be 'continue' or 'fail_fast' (got {on_error!r})")
     plan, results = graph.plan, graph.results
+    limits = check_limits(limits, graph.policies)
     done = plan.ids("graph.done", graph.done)
     failed = [tid for tid in done if isinstance(results.get(plan.names[tid]), Exception)]
     target_ids = None if targets is None else plan.ids("targets", _listed(targets))
+    io = plan.ids("io_bound", graph.io_bound)
+    channels, slots = _channels(graph, io, limits)
     frontier = Frontier(
         plan,
-        io=plan.ids("io_bound", graph.io_bound),
+        io=io,
         done=done,
         failed=failed,
         targets=target_ids,
-        priority=plan.heights() if priority else None,
+        priority=_priority(graph, parallel),
+        channels=channels,
+        limits=slots,
     )
     configure(graph.name, graph.logging_config)
     fail_fast = on_error == "fail_fast" or raise_errors
@@ -290,6 +313,39 @@ def _prepare(
         cache = graph.checkpoint.open_run(plan.names, plan.parents, graph.funcs, results)
     outcomes = Outcomes(graph, frontier, fail_fast=fail_fast, observers=observers, cache=cache)
     return outcomes, target_ids
+
+
+def _channels(
+    graph: Graph, io: list[int], limits: dict[str, int]
+) -> tuple[list[tuple[int, ...]] | None, list[int]]:
+    """Each task's limited channels as ids, and each channel's limit (None: no limits)."""
+    if not limits:
+        return None, []
+    ids = {name: c for c, name in enumerate(limits)}
+    plan = graph.plan
+    channels: list[tuple[int, ...]] = [()] * len(plan.names)
+    for task, names in graph.policies.channels.items():
+        channels[plan.index[task]] = tuple(ids[c] for c in names if c in ids)
+    if IO_CHANNEL in ids:
+        for tid in io:
+            channels[tid] = (*channels[tid], ids[IO_CHANNEL])
+    return channels, list(limits.values())
+
+
+def _priority(graph: Graph, parallel: bool) -> list[int] | None:
+    """The frontier's order of ready tasks: the user's priorities first, then (in
+    parallel runs) the longest chain of tasks after each one; None: first in, first out.
+    """
+    user, plan = graph.policies.priorities, graph.plan
+    heights = plan.heights() if parallel else None
+    if not user:
+        return heights
+    ranks = {p: r for r, p in enumerate(sorted({0, *user.values()}))}
+    scale = len(plan.names) + 1  # a rank outweighs any height
+    return [
+        ranks[user.get(name, 0)] * scale + (heights[tid] if heights is not None else 0)
+        for tid, name in enumerate(plan.names)
+    ]
 
 
 def _finish(outcomes: Outcomes, raise_errors: bool) -> Graph:

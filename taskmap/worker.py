@@ -10,8 +10,9 @@ a pickled tuple whose first item is its tag::
                        ("run", tid, fid, arguments)
                        ("stop",)
     worker -> driver   ("ready", pid)
-                       ("ok", tid, result, seconds the call took)
-                       ("err", tid, exception bytes or None, type name, message, traceback text)
+                       ("ok", tid, result, start, end)     perf_counter() readings
+                       ("err", tid, start, end, exception bytes or None, type name,
+                        message, traceback text)
                        ("unpicklable", tid, result type name, why)
                        ("badinput", why)            a "run" whose arguments cannot be rebuilt
                        ("out", stream number, text)        print output, line by line
@@ -43,6 +44,7 @@ import logging.handlers
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
@@ -174,11 +176,11 @@ def main(
                     functions[message[1]] = exc
                 continue
             _, tid, fid, args = message
+            started = time.perf_counter()
             try:
                 func = functions[fid]
                 if isinstance(func, Exception):
                     raise func
-                started = time.perf_counter()
                 try:
                     value = func(*args)
                 except TypeError as exc:
@@ -190,10 +192,10 @@ def main(
                         runner = asyncio.Runner(loop_factory=_new_event_loop())
                     value = runner.run(value)
             except BaseException as exc:
-                reply: bytes = dumps(_error_reply(tid, exc))
+                reply: bytes = dumps(_error_reply(tid, exc, started))
             else:
                 try:  # one pickle for the message and the value: no copy of a large value
-                    reply = dumps(("ok", tid, value, time.perf_counter() - started))
+                    reply = dumps(("ok", tid, value, started, time.perf_counter()))
                 except Exception as exc:
                     reply = dumps(("unpicklable", tid, type(value).__qualname__, str(exc)))
             sys.stdout.flush()
@@ -204,32 +206,44 @@ def main(
             runner.close()
 
 
-def _error_reply(tid: int, exc: BaseException) -> tuple[Any, ...]:
+def _error_reply(tid: int, exc: BaseException, started: float) -> tuple[Any, ...]:
+    ended = time.perf_counter()
     tb = "".join(traceback.format_exception(exc))
     try:
         blob: bytes | None = dumps(exc)
         loads(blob)  # type: ignore[arg-type]  # some exceptions pickle but cannot be rebuilt
     except Exception:
         blob = None
-    return ("err", tid, blob, type(exc).__qualname__, str(exc), tb)
+    return ("err", tid, started, ended, blob, type(exc).__qualname__, str(exc), tb)
 
 
-def call_pickled(fn_blob: bytes, args_blob: bytes) -> Any:
+def call_pickled(fn_blob: bytes, args_blob: bytes) -> tuple[Any, str, float]:
     """Call a pickled function on pickled arguments: what a foreign Executor runs.
 
-    A coroutine function's coroutine is run to completion on a new event loop.  An
-    exception is re-raised with the traceback text attached as its ``__cause__``.
+    Returns ``(value, where, seconds)``: where it ran (``host/pid``, and the thread
+    unless it is the main one) and how long the call took.  A coroutine function's
+    coroutine is run to completion on a new event loop.  An exception is re-raised
+    with the traceback text and the same ``(where, seconds)`` attached, which the
+    driver turns back into its ``__cause__`` and its span.
     """
+    started = time.perf_counter()
     try:
         value = loads(fn_blob)(*loads(args_blob))
         if type(value) is CoroutineType:
             with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
                 value = runner.run(value)
-        return value
+        return value, _where(), time.perf_counter() - started
     except Exception as exc:
         # __cause__ does not survive pickling but __dict__ does: the driver restores it.
         exc._taskmap_remote_tb = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
+        exc._taskmap_span = (_where(), time.perf_counter() - started)  # type: ignore[attr-defined]
         raise
+
+
+def _where() -> str:
+    thread = threading.current_thread()
+    where = f"{socket.gethostname()}/{os.getpid()}"
+    return where if thread is threading.main_thread() else f"{where}/{thread.name}"
 
 
 def _watchdog(alive: Connection) -> None:

@@ -29,14 +29,30 @@ class Backend(Protocol):
         ...
 
     def submit(
-        self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
+        self,
+        tid: int,
+        task: Hashable,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        timeout: float | None = None,
     ) -> asyncio.Future[Any]:
         """Start a task; the future gets its value or its exception.
+
+        With ``timeout`` (seconds, counted from when the task really starts), the
+        future gets a `TaskTimeoutError` if the task runs longer, and the backend
+        stops it as best it can (the built-in pool replaces the worker).
 
         Raises:
             SerializationError: the function or arguments cannot be sent; nothing
                 was started.
         """
+        ...
+
+    def span(self, tid: int) -> tuple[str, float, float] | None:
+        """Where and when the task's last attempt ran, once its future is done: its
+        lane (``'worker-2'``), start and end as ``time.perf_counter()`` readings of
+        this process; None when the backend cannot tell (the driver's times count)."""
         ...
 
     async def aclose(self, *, cancel: bool) -> None:

@@ -8,11 +8,14 @@ the caller's: it is never shut down here.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import SerializationError
+from ..errors import SerializationError, TaskTimeoutError
 from ..worker import RemoteTraceback, call_pickled, dumps_for_worker
 from .processes import _unpicklable_args
 
@@ -33,6 +36,8 @@ class ExecutorBackend:
         self.limit = limit or (workers if isinstance(workers, int) else 1 << 30)
         self.inflight: set[asyncio.Future[Any]] = set()
         self.functions: dict[int, tuple[Callable[..., Any], bytes]] = {}
+        self.spans: dict[int, tuple[str, float, float]] = {}
+        self.lane = type(executor).__name__
 
     def start(self, tasks: int) -> None:
         """Nothing to start: the executor is already running."""
@@ -41,7 +46,13 @@ class ExecutorBackend:
         return self.limit - len(self.inflight)
 
     def submit(
-        self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
+        self,
+        tid: int,
+        task: Hashable,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        timeout: float | None = None,
     ) -> asyncio.Future[Any]:
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
@@ -56,17 +67,77 @@ class ExecutorBackend:
             args_blob = dumps_for_worker(tuple(args))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
-        future = asyncio.wrap_future(self.executor.submit(call_pickled, entry[1], args_blob))
+        loop = asyncio.get_running_loop()
+        remote = self.executor.submit(call_pickled, entry[1], args_blob)
+        future: asyncio.Future[Any] = loop.create_future()
         self.inflight.add(future)
-        future.add_done_callback(self._on_done)
+        sent = time.perf_counter()
+
+        def on_remote_done(remote: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(self._settle, tid, task, sent, remote, future)
+
+        remote.add_done_callback(on_remote_done)
+        timer = (
+            None
+            if timeout is None
+            else loop.call_later(timeout, self._expire, task, timeout, remote, future)
+        )
+
+        def on_done(future: asyncio.Future[Any]) -> None:
+            self.inflight.discard(future)
+            if timer is not None:
+                timer.cancel()
+            if future.cancelled():
+                remote.cancel()
+
+        future.add_done_callback(on_done)
         return future
 
-    def _on_done(self, future: asyncio.Future[Any]) -> None:
-        self.inflight.discard(future)
-        if not future.cancelled() and (exc := future.exception()) is not None:
-            tb = getattr(exc, "_taskmap_remote_tb", None)
-            if tb is not None and exc.__cause__ is None:
-                exc.__cause__ = RemoteTraceback(tb)
+    def span(self, tid: int) -> tuple[str, float, float] | None:
+        return self.spans.pop(tid, None)
+
+    def _settle(
+        self,
+        tid: int,
+        task: Hashable,
+        sent: float,
+        remote: concurrent.futures.Future[Any],
+        future: asyncio.Future[Any],
+    ) -> None:
+        """Pass the executor's outcome to the driver's future, with its span: it
+        ended now and took as long as the remote call says (clocks of other
+        machines are not comparable with ours, durations are)."""
+        end = time.perf_counter()
+        if future.done():  # timed out or cancelled meanwhile
+            return
+        if remote.cancelled():
+            future.cancel()
+            return
+        exc = remote.exception()
+        if exc is None:
+            value, where, seconds = remote.result()
+            self.spans[tid] = (where, max(sent, end - seconds), end)
+            future.set_result(value)
+            return
+        where, seconds = getattr(exc, "_taskmap_span", (self.lane, end - sent))
+        self.spans[tid] = (where, max(sent, end - seconds), end)
+        tb = getattr(exc, "_taskmap_remote_tb", None)
+        if tb is not None and exc.__cause__ is None:
+            exc.__cause__ = RemoteTraceback(tb)
+        exc.add_note(f"task {task!r} failed on the executor ({where})")
+        future.set_exception(exc)
+
+    def _expire(
+        self,
+        task: Hashable,
+        seconds: float,
+        remote: concurrent.futures.Future[Any],
+        future: asyncio.Future[Any],
+    ) -> None:
+        if not future.done():
+            remote.cancel()
+            future.set_exception(TaskTimeoutError(task, seconds, "executor"))
 
     async def aclose(self, *, cancel: bool) -> None:
         if cancel:

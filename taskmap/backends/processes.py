@@ -21,7 +21,9 @@ Rules:
    its own task (`SerializationError`), and the worker stays free.
 2. A worker's death fails only the task it was running; the pool replaces it.
 3. Cancelling a task's future kills its worker (a running function cannot be
-   interrupted otherwise); the pool replaces it.
+   interrupted otherwise); the pool replaces it.  So does a job's timeout, armed
+   when it is written to an idle worker: a job with a timeout is never queued
+   behind another, so its clock starts when it does.
 4. `aclose` leaves no process behind: stop messages when the run ended normally,
    SIGTERM then SIGKILL when it did not.  Workers are daemonic too, as a last net.
 5. While tasks are tiny (their mean duration, as workers time them, under
@@ -61,7 +63,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .. import worker as worker_module
-from ..errors import SerializationError, WorkerCrashedError
+from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..worker import RemoteTraceback, dumps, loads
 
 __all__ = ["ProcessPool", "get_context"]
@@ -85,6 +87,7 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     alive: Connection  # the driver's end of the watchdog pipe; never written
+    slot: int  # its number, 1..n: its lane is worker-<slot>; a replacement takes it over
     pid: int | None = None
     jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     known: set[int] = field(default_factory=set)
@@ -99,6 +102,9 @@ class _Job:
     fn_blob: bytes
     message: bytes  # the pickled "run" message, arguments included
     future: asyncio.Future[Any]
+    timeout: float | None = None
+    timer: asyncio.TimerHandle | None = None  # armed when it starts, with a timeout
+    sent: float = 0.0  # when it was written to its worker (perf_counter)
 
 
 def get_context(method: str | BaseContext | None) -> BaseContext:
@@ -148,6 +154,8 @@ class ProcessPool:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = 0
         self.env = _thread_limits(n)
+        #: task id -> (lane, start, end) of its last attempt, until the driver takes it
+        self.spans: dict[int, tuple[str, float, float]] = {}
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -158,10 +166,10 @@ class ProcessPool:
             raise RuntimeError(f"cannot start a pool that is {self.state.value}")
         self.loop = asyncio.get_running_loop()
         self.state = PoolState.RUNNING
-        for _ in range(max(1, min(self.n, tasks))):
-            self._spawn()
+        for slot in range(1, max(1, min(self.n, tasks)) + 1):
+            self._spawn(slot)
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         assert self.loop is not None
         conn, child_conn = self.context.Pipe(duplex=True)
         alive_r, alive_w = self.context.Pipe(duplex=False)
@@ -176,7 +184,7 @@ class ProcessPool:
             process.start()
         child_conn.close()
         alive_r.close()
-        worker = _Worker(process, conn, alive_w, pid=process.pid)
+        worker = _Worker(process, conn, alive_w, slot, pid=process.pid)
         self.workers.append(worker)
         self._drain_backlog()
         self.loop.add_reader(conn.fileno(), self._guarded, self._on_readable, worker)
@@ -234,8 +242,17 @@ class ProcessPool:
         mean = self.mean_duration
         return 2 if mean is not None and mean < PREFETCH_BELOW else 1
 
+    def span(self, tid: int) -> tuple[str, float, float] | None:
+        return self.spans.pop(tid, None)
+
     def submit(
-        self, tid: int, task: Hashable, func: Callable[..., Any], args: Sequence[Any]
+        self,
+        tid: int,
+        task: Hashable,
+        func: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        timeout: float | None = None,
     ) -> asyncio.Future[Any]:
         """Send a task to a worker with room.  Raises SerializationError before taking one."""
         assert self.loop is not None
@@ -246,7 +263,7 @@ class ProcessPool:
             message = worker_module.dumps_for_worker(("run", tid, fid, tuple(args)))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
-        job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future())
+        job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future(), timeout)
         if not self._dispatch(job):
             self.backlog.append(job)
         return job.future
@@ -257,9 +274,10 @@ class ProcessPool:
         for worker in sorted(self.workers, key=lambda w: len(w.jobs)):
             if worker.dead or len(worker.jobs) >= depth:
                 continue
-            if worker.jobs and not _fits_in_pipe(job, worker):
+            if worker.jobs and (job.timeout is not None or not _fits_in_pipe(job, worker)):
                 # A busy worker may be writing a large result while we write to it:
                 # queue behind a running task only what the pipe buffers at once.
+                # A job with a timeout is timed from its start: never queued.
                 continue
             try:
                 if job.fid not in worker.known:
@@ -269,6 +287,10 @@ class ProcessPool:
                 continue
             worker.known.add(job.fid)
             worker.jobs.append(job)
+            job.sent = time.perf_counter()
+            if job.timeout is not None:
+                assert self.loop is not None
+                job.timer = self.loop.call_later(job.timeout, self._expire, worker, job)
             job.future.add_done_callback(functools.partial(self._on_future_done, worker, job))
             return True
         return False
@@ -337,10 +359,14 @@ class ProcessPool:
             return
         job = worker.jobs.popleft()
         future, task = job.future, job.task
-        if tag == "ok":
-            duration: float = message[3]
-            mean = self.mean_duration
-            self.mean_duration = duration if mean is None else 0.8 * mean + 0.2 * duration
+        if tag in ("ok", "err"):
+            start, end = (message[3], message[4]) if tag == "ok" else (message[2], message[3])
+            self.spans[job.tid] = (f"worker-{worker.slot}", start, end)
+            if tag == "ok":
+                mean, duration = self.mean_duration, end - start
+                self.mean_duration = duration if mean is None else 0.8 * mean + 0.2 * duration
+        else:
+            self.spans[job.tid] = (f"worker-{worker.slot}", job.sent, time.perf_counter())
         if self.state is PoolState.RUNNING:
             self._drain_backlog()
         if future.done():  # cancelled meanwhile
@@ -352,7 +378,7 @@ class ProcessPool:
         elif tag == "badinput":
             future.set_exception(SerializationError(task, "arguments", "", message[1]))
         elif tag == "err":
-            future.set_exception(_rebuild(task, worker.pid, *message[2:]))
+            future.set_exception(_rebuild(task, worker.pid, *message[4:]))
         elif tag == "unpicklable":
             future.set_exception(SerializationError(task, "result", message[2], message[3]))
 
@@ -369,6 +395,8 @@ class ProcessPool:
             self.workers.remove(worker)
         if worker.jobs:
             running = worker.jobs.popleft()
+            lane = f"worker-{worker.slot}"
+            self.spans[running.tid] = (lane, running.sent, time.perf_counter())
             if not running.future.done():
                 running.future.set_exception(
                     WorkerCrashedError(running.task, worker.pid, worker.process.exitcode)
@@ -379,13 +407,25 @@ class ProcessPool:
         worker.conn.close()
         worker.alive.close()
         if self.state is PoolState.RUNNING:
-            self._spawn()
+            self._spawn(worker.slot)
 
     def _on_future_done(self, worker: _Worker, job: _Job, future: asyncio.Future[Any]) -> None:
-        # Rule 3: the driver cancelled a running task (fail_fast, timeout): kill the
-        # worker.  A job still queued behind another is left to run and be ignored.
+        # Rule 3: the driver cancelled a running task (fail_fast): kill the worker.  A
+        # job still queued behind another is left to run and be ignored.
+        if job.timer is not None:
+            job.timer.cancel()
         if future.cancelled() and worker.jobs and worker.jobs[0] is job and not worker.dead:
             _signal(worker.process, "kill")
+
+    def _expire(self, worker: _Worker, job: _Job) -> None:
+        """A job ran past its timeout: fail it and kill its worker (its sentinel
+        replaces the worker, and jobs queued behind it go to another)."""
+        job.timer = None
+        if job.future.done() or worker.dead or not worker.jobs or worker.jobs[0] is not job:
+            return
+        assert job.timeout is not None
+        job.future.set_exception(TaskTimeoutError(job.task, job.timeout, "worker replaced"))
+        _signal(worker.process, "kill")
 
     def _unwatch(self, worker: _Worker) -> None:
         assert self.loop is not None
