@@ -247,21 +247,27 @@ class WorkerCrashedError(TaskError):
     """The worker process running the task died (a signal, ``os._exit``, a crash).
 
     Only the task that was running is failed; the worker is replaced and the run
-    goes on.
+    goes on.  On Dask, the scheduler's ``KilledWorker`` becomes this error, with the
+    original as its ``__cause__``.
 
     Attributes:
         task: the task the worker was running.
-        pid: the worker's process id.
+        pid: the worker's process id (None on a foreign executor).
         exitcode: the process exit code; negative for a signal (``-9`` is SIGKILL).
+        detail: how it died, when the pid and exit code cannot say.
     """
 
-    def __init__(self, task: Hashable, pid: int | None, exitcode: int | None) -> None:
+    def __init__(
+        self, task: Hashable, pid: int | None, exitcode: int | None, detail: str | None = None
+    ) -> None:
         self.pid = pid
         self.exitcode = exitcode
-        super().__init__(task, f"task {task!r} failed: {describe_exit(pid, exitcode)}")
+        self.detail = detail
+        how = detail if detail is not None else describe_exit(pid, exitcode)
+        super().__init__(task, f"task {task!r} failed: {how}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.pid, self.exitcode))
+        return (type(self), (self.task, self.pid, self.exitcode, self.detail))
 
 
 class TaskTimeoutError(TaskError, TimeoutError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,3 +67,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+def _helper_pids() -> set[int]:
+    """multiprocessing's own long-lived helpers: the forkserver and resource tracker."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
+    return {p for p in pids if p is not None}
+
+
+def workers_left() -> set[int]:
+    """Live processes below this one, except multiprocessing's idle helpers."""
+    helpers = _helper_pids()
+    left = live_descendants(os.getpid()) - helpers
+    # a helper's children are workers: those still count
+    return left | {p for h in helpers for p in live_descendants(h)}

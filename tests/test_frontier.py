@@ -431,3 +431,80 @@ def test_stop_empties_the_priority_queue() -> None:
     assert sorted(frontier.stop()) == [0, 1]
     assert not frontier.has_ready()
     assert frontier.pop_ready() == -1
+
+
+# -- limits (Rule 5) ----------------------------------------------------------------
+
+
+def limited(
+    dependencies: dict[Hashable, list[Hashable]],
+    channels: dict[Hashable, list[int]],
+    limits: list[int],
+    priority: list[int] | None = None,
+) -> tuple[Frontier, dict[Hashable, int]]:
+    plan = plan_of(dependencies)
+    ids = plan.index
+    per_task = [tuple(channels.get(name, ())) for name in plan.names]
+    frontier = Frontier(plan, channels=per_task, limits=limits, priority=priority)
+    return frontier, ids
+
+
+def test_a_full_channel_holds_its_ready_tasks_until_a_slot_frees() -> None:
+    deps = {"a": [], "b": [], "c": [], "free": []}
+    frontier, ids = limited(deps, {"a": [0], "b": [0], "c": [0]}, [1])
+    assert frontier.pop_ready() == ids["a"]
+    assert frontier.pop_ready() == ids["free"]  # b and c are held, not lost
+    assert frontier.pop_ready() == -1
+    assert not frontier.has_ready()
+    assert frontier.ready() == [ids["b"], ids["c"]]
+    assert whole_state(frontier, ids) == expect(
+        {"a": RUNNING, "b": READY, "c": READY, "free": RUNNING}, unfinished=4, running=2
+    )
+    frontier.finish(ids["a"])  # its slot wakes the first held task
+    assert frontier.pop_ready() == ids["b"]
+    assert frontier.pop_ready() == -1
+    frontier.fail(ids["b"])  # a failure frees its slot too
+    assert frontier.pop_ready() == ids["c"]
+
+
+def test_a_limit_of_two_hands_out_two() -> None:
+    frontier, ids = limited({n: [] for n in "abcd"}, {key: [0] for key in "abcd"}, [2])
+    assert [frontier.pop_ready() for _ in range(3)] == [ids["a"], ids["b"], -1]
+    frontier.cancel(ids["a"])
+    assert [frontier.pop_ready() for _ in range(2)] == [ids["c"], -1]
+
+
+def test_a_task_in_two_channels_needs_a_slot_in_each_and_nothing_deadlocks() -> None:
+    # x1 holds x, y1 holds y; 'both' needs x and y; x2 needs x only.
+    deps = {"x1": [], "y1": [], "both": [], "x2": []}
+    channels = {"x1": [0], "y1": [1], "both": [0, 1], "x2": [0]}
+    frontier, ids = limited(deps, channels, [1, 1])
+    assert [frontier.pop_ready() for _ in range(3)] == [ids["x1"], ids["y1"], -1]
+    frontier.finish(ids["x1"])  # x is free: 'both' is woken but y is full: x2 goes
+    assert frontier.pop_ready() == ids["x2"]
+    assert frontier.pop_ready() == -1
+    frontier.finish(ids["y1"])
+    frontier.finish(ids["x2"])
+    assert frontier.pop_ready() == ids["both"]
+    frontier.finish(ids["both"])
+    assert frontier.unfinished == 0
+
+
+def test_held_tasks_wake_in_priority_order() -> None:
+    frontier, ids = limited(
+        {n: [] for n in "abc"}, {key: [0] for key in "abc"}, [1], priority=[1, 2, 3]
+    )
+    assert frontier.pop_ready() == ids["c"]
+    assert frontier.pop_ready() == -1
+    frontier.finish(ids["c"])
+    assert frontier.pop_ready() == ids["b"]
+
+
+def test_stop_stops_held_tasks_too() -> None:
+    frontier, ids = limited({n: [] for n in "abc"}, {key: [0] for key in "abc"}, [1])
+    assert [frontier.pop_ready(), frontier.pop_ready()] == [ids["a"], -1]
+    assert sorted(frontier.stop()) == [ids["b"], ids["c"]]
+    assert frontier.ready() == []
+    frontier.finish(ids["a"])  # wakes nothing: the held queue was emptied
+    assert frontier.pop_ready() == -1
+    assert frontier.unfinished == 0

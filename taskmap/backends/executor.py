@@ -11,11 +11,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import SerializationError, TaskTimeoutError
+from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
 from ..worker import RemoteTraceback, call_pickled, dumps_for_worker
 from .processes import _unpicklable_args
 
@@ -38,6 +39,7 @@ class ExecutorBackend:
         self.functions: dict[int, tuple[Callable[..., Any], bytes]] = {}
         self.spans: dict[int, tuple[str, float, float]] = {}
         self.lane = type(executor).__name__
+        self.dask = type(executor).__module__.startswith("distributed.")
 
     def start(self, tasks: int) -> None:
         """Nothing to start: the executor is already running."""
@@ -68,7 +70,7 @@ class ExecutorBackend:
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
         loop = asyncio.get_running_loop()
-        remote = self.executor.submit(call_pickled, entry[1], args_blob)
+        remote = self.executor.submit(call_pickled, entry[1], args_blob, **self._options(task))
         future: asyncio.Future[Any] = loop.create_future()
         self.inflight.add(future)
         sent = time.perf_counter()
@@ -93,6 +95,14 @@ class ExecutorBackend:
 
         future.add_done_callback(on_done)
         return future
+
+    def _options(self, task: Hashable) -> dict[str, Any]:
+        """Dask's executor submits pure calls, keyed by their arguments: two tasks of the
+        same function and inputs would run once.  Give each call a key of its own,
+        which also names the task on Dask's dashboard and in its errors."""
+        if not self.dask:
+            return {}
+        return {"key": f"{task}-{uuid.uuid4().hex}", "pure": False}
 
     def span(self, tid: int) -> tuple[str, float, float] | None:
         return self.spans.pop(tid, None)
@@ -122,6 +132,17 @@ class ExecutorBackend:
             return
         where, seconds = getattr(exc, "_taskmap_span", (self.lane, end - sent))
         self.spans[tid] = (where, max(sent, end - seconds), end)
+        if type(exc).__name__ == "KilledWorker":  # Dask: the worker running it died
+            crashed = WorkerCrashedError(
+                task,
+                None,
+                None,
+                "its Dask worker died while running it (as many times as the scheduler's "
+                "distributed.scheduler.allowed-failures allows)",
+            )
+            crashed.__cause__ = exc
+            future.set_exception(crashed)
+            return
         tb = getattr(exc, "_taskmap_remote_tb", None)
         if tb is not None and exc.__cause__ is None:
             exc.__cause__ = RemoteTraceback(tb)

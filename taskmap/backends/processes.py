@@ -104,6 +104,7 @@ class _Job:
     future: asyncio.Future[Any]
     timeout: float | None = None
     timer: asyncio.TimerHandle | None = None  # armed when it starts, with a timeout
+    expired: bool = False  # it ran past its timeout: its worker is being killed
     sent: float = 0.0  # when it was written to its worker (perf_counter)
 
 
@@ -397,10 +398,14 @@ class ProcessPool:
             running = worker.jobs.popleft()
             lane = f"worker-{worker.slot}"
             self.spans[running.tid] = (lane, running.sent, time.perf_counter())
-            if not running.future.done():
-                running.future.set_exception(
-                    WorkerCrashedError(running.task, worker.pid, worker.process.exitcode)
+            if running.expired and running.timeout is not None:
+                error: Exception = TaskTimeoutError(
+                    running.task, running.timeout, "worker replaced"
                 )
+            else:
+                error = WorkerCrashedError(running.task, worker.pid, worker.process.exitcode)
+            if not running.future.done():
+                running.future.set_exception(error)
             # jobs queued behind it never started: they go to the next worker
             self.backlog.extendleft(reversed(worker.jobs))
             worker.jobs.clear()
@@ -418,13 +423,13 @@ class ProcessPool:
             _signal(worker.process, "kill")
 
     def _expire(self, worker: _Worker, job: _Job) -> None:
-        """A job ran past its timeout: fail it and kill its worker (its sentinel
-        replaces the worker, and jobs queued behind it go to another)."""
+        """A job ran past its timeout: kill its worker.  Its sentinel then fails the
+        job with `TaskTimeoutError`, after starting a replacement, so the driver
+        hears of the failure when the pool has room again."""
         job.timer = None
         if job.future.done() or worker.dead or not worker.jobs or worker.jobs[0] is not job:
             return
-        assert job.timeout is not None
-        job.future.set_exception(TaskTimeoutError(job.task, job.timeout, "worker replaced"))
+        job.expired = True
         _signal(worker.process, "kill")
 
     def _unwatch(self, worker: _Worker) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 import taskmap
 from taskmap import SerializationError, UpstreamFailedError, WorkerCrashedError
-from tests.procs import live_descendants, still_alive, wait_until
+from tests.procs import live_descendants, still_alive, wait_until, workers_left
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,25 +30,6 @@ PARALLEL = [taskmap.run_parallel, taskmap.run_parallel_async]
 
 
 # -- helpers ----------------------------------------------------------------
-
-
-def _helper_pids() -> set[int]:
-    """multiprocessing's own long-lived helpers: the forkserver and resource tracker."""
-    from multiprocessing import forkserver, resource_tracker
-
-    pids = {
-        getattr(forkserver._forkserver, "_forkserver_pid", None),
-        getattr(resource_tracker._resource_tracker, "_pid", None),
-    }
-    return {p for p in pids if p is not None}
-
-
-def _workers_left() -> set[int]:
-    """Live processes below this one, except multiprocessing's idle helpers."""
-    helpers = _helper_pids()
-    left = live_descendants(os.getpid()) - helpers
-    # a helper's children are workers: those still count
-    return left | {p for h in helpers for p in live_descendants(h)}
 
 
 def touch(path: str, *args: object) -> str:
@@ -125,7 +106,7 @@ def test_worker_crash_fails_only_its_task(runner, crash, expected, tmp_path):
     # every other task ran, on workers that include a replacement
     assert (tmp_path / "calls.other").read_text().count("\n") == 6
     assert graph.results["after"] == "ok"
-    assert wait_until(lambda: not _workers_left(), 5), _workers_left()
+    assert wait_until(lambda: not workers_left(), 5), workers_left()
 
 
 def test_crashed_worker_is_replaced_and_runs_later_tasks(tmp_path):
@@ -329,7 +310,7 @@ def test_print_output_and_log_records_reach_the_driver(capsys, caplog):
 def test_no_worker_process_is_left_after_a_run(runner):
     graph = taskmap.create_graph(dict.fromkeys(range(10), add), {i: [] for i in range(10)})
     runner(graph, ncores=2)
-    assert wait_until(lambda: not _workers_left(), 5), _workers_left()
+    assert wait_until(lambda: not workers_left(), 5), workers_left()
 
 
 def sleep_then(seconds: float, *args: object) -> str:
@@ -356,7 +337,7 @@ def test_fail_fast_kills_running_workers_and_stops():
     assert slow.cancelled
     assert str(slow) == "task 'slow' cancelled: the run stopped when 'bad' failed (fail_fast)"
     assert isinstance(graph.results["after"], taskmap.RunStoppedError)
-    assert wait_until(lambda: not _workers_left(), 5), _workers_left()
+    assert wait_until(lambda: not workers_left(), 5), workers_left()
 
 
 def test_drop_results_frees_consumed_values_but_keeps_targets_and_leaves():
