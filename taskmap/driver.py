@@ -502,7 +502,8 @@ def _call_with_policies(
             if delay is None:
                 outcomes.failed(tid, exc)
                 return False, None
-            time.sleep(delay)  # a backoff, not a poll: nothing else can run meanwhile
+            if delay > 0:  # a backoff, not a poll: nothing else can run meanwhile
+                time.sleep(delay)
 
 
 async def timed(awaitable: Awaitable[T], seconds: float, task: Hashable, how: str) -> T:

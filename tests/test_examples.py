@@ -56,6 +56,32 @@ def test_etl_example_rerun_story_serves_from_the_cache(tmp_path):
     assert "0 from the cache, 26 run (0 failed)" in cleared.stdout
 
 
+@pytest.mark.timeout(60)
+def test_policies_example_retries_times_out_and_limits():
+    done = run_script("examples/policies.py", timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert "report: 20 rows in 4 tables" in done.stdout
+    assert "fetch_slow: task 'fetch_slow' timed out after 0.5 s" in done.stdout
+    assert "most database connections at once: 2" in done.stdout
+    assert done.stderr.count("retrying task fetch_") == 4
+
+
+@pytest.mark.timeout(60)
+def test_dask_example_runs_cpu_tasks_on_the_cluster():
+    pytest.importorskip("distributed")
+    done = run_script("examples/dask_cluster.py", timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert "ran 9 tasks in" in done.stdout
+    assert "(0 failed)" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_policies_benchmark_smoke_run():
+    done = run_script("benchmarks/bench_policies.py", "--quick", timeout=100)
+    assert done.returncode == 0, done.stderr
+    assert "| benchmark" in done.stdout or "|" in done.stdout
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("script", ["bench_core.py", "bench_parallel.py", "bench_checkpoint.py"])
 def test_benchmark_smoke_run_prints_its_goals(script):
