@@ -51,12 +51,19 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
 from .backends import Backend
 from .checkpoint import CacheRun
-from .errors import RunStoppedError, TaskError, TaskTimeoutError, UpstreamFailedError
+from .errors import (
+    RunStoppedError,
+    SerializationError,
+    TaskError,
+    TaskTimeoutError,
+    UpstreamFailedError,
+)
 from .events import (
     Observer,
     RunFinished,
@@ -194,6 +201,7 @@ class Outcomes:
         "on_started",
         "random",
         "retries",
+        "special",
         "timeline",
         "timeouts",
     )
@@ -229,6 +237,8 @@ class Outcomes:
         self.timeouts: dict[int, float] = {index[t]: s for t, s in policies.timeouts.items()}
         #: the failed attempts of tasks being retried: (error, seconds waited after it)
         self.history: dict[int, list[tuple[BaseException, float]]] = {}
+        #: the tasks with a retry or a timeout: they take the slower paths
+        self.special = self.retries.keys() | self.timeouts.keys()
         self.random = random.Random()
         self.timeline = Timeline(len(self.names))
         self.home = MAIN  # the lane of tasks run (or loaded) by the driver itself
@@ -271,17 +281,18 @@ class Outcomes:
     def started(self, tid: int, lane: int) -> None:
         """Record that an attempt of the task starts on ``lane`` (a `Timeline` lane id)."""
         timeline = self.timeline
-        if tid not in self.history:  # a retry keeps its first attempt's start
-            timeline.start[tid] = time.perf_counter()
+        if not self.history or tid not in self.history:  # a retry keeps its first start
+            timeline.start[tid] = perf_counter()
         timeline.lane[tid] = lane
         if self.on_started is not None:
             self.on_started(TaskStarted(self.names[tid], timeline.lanes[lane]))
 
-    def span(self, tid: int, lane: str, start: float, end: float) -> None:
-        """Record where and when an attempt really ran, as its backend saw it."""
+    def span(self, tid: int, lane: str, start: float, end: float, *, first: bool) -> None:
+        """Record where and when an attempt really ran, as its backend saw it (call
+        after recording its outcome); ``first``: it was the task's first attempt."""
         timeline = self.timeline
         timeline.lane[tid] = timeline.lane_id(lane)
-        if len(self.history.get(tid, ())) <= 1:
+        if first:
             timeline.start[tid] = start
         timeline.end[tid] = end
 
@@ -291,8 +302,8 @@ class Outcomes:
         Records the attempt and emits `TaskRetrying` (logged as a warning).
         """
         policy = self.retries.get(tid)
-        if policy is None or not policy.retries(error):
-            return None
+        if policy is None or not policy.retries(error) or isinstance(error, SerializationError):
+            return None  # what cannot be pickled will not pickle next time either
         history = self.history.setdefault(tid, [])
         if len(history) >= policy.times:
             return None
@@ -322,7 +333,7 @@ class Outcomes:
         self.graph.results[name] = value
         self.graph.done.append(name)
         timeline = self.timeline
-        timeline.end[tid] = now = time.perf_counter()
+        timeline.end[tid] = now = perf_counter()
         if cached:
             timeline.start[tid], timeline.lane[tid], timeline.outcome[tid] = now, self.home, CACHED
         else:
@@ -412,8 +423,7 @@ def drive_sync(outcomes: Outcomes) -> None:
     timeline = outcomes.timeline
     start, lane = timeline.start, timeline.lane
     clock = time.perf_counter
-    # tasks with a retry or a timeout take the slower path
-    special = outcomes.retries.keys() | outcomes.timeouts.keys()
+    special = outcomes.special
     # values by id: cheaper to reach than graph.results by name on large graphs
     get = graph.results.get
     values = [get(name) for name in names] if graph.done else [None] * len(names)
@@ -745,18 +755,21 @@ class AsyncDriver:
         outcomes, graph = self.outcomes, self.graph
         name = graph.plan.names[tid]
         func = graph.funcs[name]
-        if tid in outcomes.retries:
-            self.retry_args[tid] = args
-        seconds = outcomes.timeouts.get(tid) if outcomes.timeouts else None
-        if not inspect.iscoroutinefunction(func):
+        seconds = None
+        if outcomes.special and tid in outcomes.special:
+            seconds = outcomes.timeouts.get(tid)
+            if tid in outcomes.retries:
+                self.retry_args[tid] = args
+        # (inspect.iscoroutinefunction costs more than a no-op task: asked only here)
+        if (seconds is not None or self.frontier.is_io(tid)) and not (
+            inspect.iscoroutinefunction(func)
+        ):
+            outcomes.started(tid, THREAD)
             if seconds is not None:  # the loop can only time what does not block it
-                outcomes.started(tid, THREAD)
                 self._watch(tid, self._in_thread(func, args, seconds, name))
-                return
-            if self.frontier.is_io(tid):
-                outcomes.started(tid, THREAD)
+            else:
                 self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
-                return
+            return
         outcomes.started(tid, LOOP)
         self.inline_call = True
         try:
@@ -772,6 +785,8 @@ class AsyncDriver:
                 value = timed(value, seconds, name, "cancelled")
             self._watch(tid, asyncio.ensure_future(value))
         else:
+            if self.retry_args:
+                self.retry_args.pop(tid, None)
             outcomes.succeeded(tid, value)
 
     def _in_thread(
@@ -841,6 +856,7 @@ class AsyncDriver:
         if self.finished is None or self.finished.done():  # aborting: leave it unrecorded
             return
         span = self.backend.span(tid) if self.backend is not None else None
+        first = tid not in self.outcomes.history  # recording a failure may retry it
         if future.cancelled():
             self.outcomes.cancelled(tid)
         elif (exc := future.exception()) is not None:
@@ -855,7 +871,7 @@ class AsyncDriver:
             self.retry_args.pop(tid, None)
             self.outcomes.succeeded(tid, value)
         if span is not None:
-            self.outcomes.span(tid, *span)
+            self.outcomes.span(tid, *span, first=first)
         self._pump()
 
     def _failed(self, tid: int, exc: BaseException) -> None:

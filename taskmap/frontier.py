@@ -313,6 +313,8 @@ class Frontier:
         """Take a slot of each of the task's channels, or hold it (Rule 5)."""
         assert self._channels is not None
         channels, free = self._channels[tid], self._free
+        if not channels:
+            return True
         for c in channels:
             if free[c] <= 0:
                 self._held[c].append(tid)
@@ -329,9 +331,11 @@ class Frontier:
 
     def _release(self, tid: int) -> None:
         assert self._channels is not None
+        free, held = self._free, self._held
         for c in self._channels[tid]:
-            self._free[c] += 1
-            self._wake(c)
+            free[c] += 1
+            if held[c]:
+                self._wake(c)
 
     def _wake(self, c: int) -> None:
         """Put the first task held for channel ``c`` back in front of the ready queues."""

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import pickle
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,10 @@ def test_a_retry_really_calls_the_task_again(runner: Runner, tmp_path: Path) -> 
     stats = graph.stats.tasks
     assert (stats["fetch"].attempts, stats["fetch"].outcome) == (3, TaskOutcome.DONE)
     assert stats["use"].attempts == 1
+    # its span covers every attempt: from the first call to the end of the last
+    first, *_, last = (t - graph.stats.started for t in call_times(path))
+    assert abs(stats["fetch"].start - first) < 0.1  # type: ignore[operator]
+    assert stats["fetch"].end >= last - 0.1  # type: ignore[operator]
 
 
 def test_a_task_out_of_retries_fails_with_its_own_error_and_its_history(
@@ -262,6 +267,22 @@ def test_only_the_listed_exception_types_are_retried(runner: Runner, tmp_path: P
     assert not hasattr(graph.results["parse"], "__notes__") or not any(
         "attempts" in note for note in graph.results["parse"].__notes__
     )
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_a_value_that_cannot_be_pickled_is_not_retried(runner: Runner) -> None:
+    graph = create_graph(
+        {"lock": threading.Lock, "use": pid},
+        {"lock": [], "use": ["lock"]},
+        io_bound=["lock"],
+        retries={"lock": Retry(3, delay=0), "use": Retry(3, delay=0)},
+    )
+    graph = runner(graph, ncores=1)
+    # run_parallel: the lock cannot come back from its worker; run_parallel_async
+    # makes it in a driver thread, and it cannot be sent to 'use' in a worker
+    failed = "lock" if runner is taskmap.run_parallel else "use"
+    assert isinstance(graph.results[failed], taskmap.SerializationError)
+    assert graph.stats.tasks[failed].attempts == 1
 
 
 def test_retries_back_off_exponentially(runner: Runner, tmp_path: Path) -> None:
