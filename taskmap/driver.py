@@ -204,6 +204,7 @@ class Outcomes:
         "special",
         "timeline",
         "timeouts",
+        "workers",
     )
 
     def __init__(
@@ -242,6 +243,8 @@ class Outcomes:
         self.random = random.Random()
         self.timeline = Timeline(len(self.names))
         self.home = MAIN  # the lane of tasks run (or loaded) by the driver itself
+        #: CPU tasks that can run at once (0: count the executor's lanes at the end)
+        self.workers = 1
 
     def start_run(self) -> None:
         """Emit the run's start, carry over earlier failures, and queue the first tasks."""
@@ -259,9 +262,15 @@ class Outcomes:
         """Write what the cache holds (also when interrupted: finished work is kept)."""
         timeline = self.timeline
         timeline.t_end = time.perf_counter()
+        workers = self.workers
+        if workers == 0:  # a foreign executor: the lanes its tasks ran on
+            workers = max(
+                1, len(set(timeline.lane)) - len({0, MAIN, LOOP, THREAD} & set(timeline.lane))
+            )
         stats = RunStats(
             started=timeline.wall,
             makespan=timeline.t_end - timeline.t0,
+            workers=workers,
             _names=self.names,
             _timeline=timeline,
         )

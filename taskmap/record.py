@@ -115,12 +115,15 @@ class RunStats:
             the cache (an `Explanation`); empty without a cache.
         started: when the run started (seconds since the epoch).
         makespan: seconds from the start of the run to its end.
+        workers: how many CPU tasks could run at once: the worker processes (or
+            the executor's workers seen running tasks), 1 for `run` and `run_async`.
     """
 
     cache: CacheStats | None = None
     why: dict[Hashable, Explanation] = field(default_factory=dict)
     started: float = 0.0
     makespan: float = 0.0
+    workers: int = 1
     _names: Sequence[Hashable] = field(default=(), repr=False)
     _timeline: Timeline | None = field(default=None, repr=False)
 

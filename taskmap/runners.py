@@ -243,6 +243,7 @@ def _run_on_loop(
 ) -> Graph:
     outcomes, target_ids = _prepare(graph, targets, on_error, raise_errors, limits, parallel=True)
     backend = make_backend()
+    outcomes.workers = backend.n if isinstance(backend, ProcessPool) else 0
     driver = AsyncDriver(
         outcomes,
         backend,
