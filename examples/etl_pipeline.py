@@ -140,7 +140,15 @@ def build_graph(port: int, database: str, cache: Path) -> taskmap.Graph:
     # letting the port, a partial argument, count as a change of their code.
     versions = {f"fetch {page}": 1 for page in range(PAGES)}
     return taskmap.create_graph(
-        funcs, dependencies, io_bound=io_bound, name="etl", cache=cache, versions=versions
+        funcs,
+        dependencies,
+        io_bound=io_bound,
+        name="etl",
+        cache=cache,
+        versions=versions,
+        # a flaky network: try a fetch again, after 0.2 s then 0.4 s
+        retries={f"fetch {page}": taskmap.Retry(2, delay=0.2, on=OSError) for page in range(PAGES)},
+        timeouts={f"fetch {page}": 10 for page in range(PAGES)},
     )
 
 
@@ -149,6 +157,7 @@ def main() -> int:
     default = Path(tempfile.gettempdir()) / "taskmap-etl-example"
     parser.add_argument("--cache", type=Path, default=default, help="cache directory")
     parser.add_argument("--clear", action="store_true", help="clear the cache first")
+    parser.add_argument("--report", type=Path, help="timeline (default: CACHE/report.html)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     server = start_server()
@@ -158,7 +167,9 @@ def main() -> int:
         taskmap.clear_cache(graph)
 
     started = time.perf_counter()
-    graph = taskmap.run_parallel_async(graph, ncores=2)
+    report = options.report or options.cache / "report.html"
+    # a progress bar on a terminal; at most 4 page requests at once
+    graph = taskmap.run_parallel_async(graph, ncores=2, limits={"io": 4}, report=report)
     elapsed = time.perf_counter() - started
     server.shutdown()
 
@@ -174,6 +185,7 @@ def main() -> int:
             print(f"  {why}")
     for name in failed:
         print(f"  {name}: {graph.results[name]}")
+    print(f"timeline of the run: {report}")
     if failed:
         return 1
     with sqlite3.connect(database) as db:

@@ -11,14 +11,19 @@ from .checkpoint import Explanation as Explanation
 from .checkpoint import Reason as Reason
 from .checkpoint.encoders import JsonEncoder as JsonEncoder
 from .checkpoint.encoders import PickleEncoder as PickleEncoder
+from .draw import to_dot as to_dot
+from .draw import to_mermaid as to_mermaid
+from .draw import to_svg as to_svg
 from .errors import CacheWarning as CacheWarning
 from .errors import CycleError as CycleError
 from .errors import GraphError as GraphError
+from .errors import GraphvizError as GraphvizError
 from .errors import MissingDependencyError as MissingDependencyError
 from .errors import MissingFunctionError as MissingFunctionError
 from .errors import NotCallableError as NotCallableError
 from .errors import RunStoppedError as RunStoppedError
 from .errors import SerializationError as SerializationError
+from .errors import StallWarning as StallWarning
 from .errors import TaskError as TaskError
 from .errors import TaskmapError as TaskmapError
 from .errors import TaskTimeoutError as TaskTimeoutError
@@ -43,6 +48,9 @@ from .policies import Retry as Retry
 from .record import RunStats as RunStats
 from .record import TaskOutcome as TaskOutcome
 from .record import TaskStats as TaskStats
+from .report import to_chrome_trace as to_chrome_trace
+from .report import to_html as to_html
+from .report import write_report as write_report
 from .runners import run as run
 from .runners import run_async as run_async
 from .runners import run_parallel as run_parallel
@@ -61,6 +69,7 @@ __all__ = [
     "Explanation",
     "Graph",
     "GraphError",
+    "GraphvizError",
     "JsonEncoder",
     "MissingDependencyError",
     "MissingFunctionError",
@@ -71,6 +80,7 @@ __all__ = [
     "RunStats",
     "RunStoppedError",
     "SerializationError",
+    "StallWarning",
     "TaskError",
     "TaskOutcome",
     "TaskState",
@@ -96,6 +106,12 @@ __all__ = [
     "run_parallel",
     "run_parallel_async",
     "save_cache",
+    "to_chrome_trace",
+    "to_dot",
+    "to_html",
+    "to_mermaid",
+    "to_svg",
+    "write_report",
 ]
 
 for _name in __all__:

@@ -41,11 +41,14 @@ import random
 import signal
 import threading
 import time
+import types
+import warnings
 from collections.abc import (
     Awaitable,
     Callable,
     Collection,
     Coroutine,
+    Generator,
     Hashable,
     Iterator,
     Sequence,
@@ -60,6 +63,7 @@ from .checkpoint import CacheRun
 from .errors import (
     RunStoppedError,
     SerializationError,
+    StallWarning,
     TaskError,
     TaskTimeoutError,
     UpstreamFailedError,
@@ -538,6 +542,51 @@ async def timed(awaitable: Awaitable[T], seconds: float, task: Hashable, how: st
         raise
 
 
+@types.coroutine
+def watch_steps(
+    coro: Coroutine[Any, Any, T], task: Hashable, threshold: float, stalled: Callable[..., None]
+) -> Generator[Any, Any, T]:
+    """Run ``coro`` step by step, timing each step (each stretch it holds the loop
+    between two awaits); call ``stalled(task, seconds, coro)`` after the first step
+    longer than ``threshold``, then just delegate."""
+    send, throw, clock = coro.send, coro.throw, perf_counter
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        started = clock()
+        try:
+            yielded = send(value) if error is None else throw(error)
+        except StopIteration as stop:
+            if clock() - started > threshold:
+                stalled(task, clock() - started, coro)
+            return stop.value  # type: ignore[no-any-return]
+        if clock() - started > threshold:
+            stalled(task, clock() - started, coro)
+            return (yield from _resume(coro, yielded))
+        try:
+            value, error = (yield yielded), None
+        except BaseException as exc:  # cancellation, GeneratorExit: the coroutine decides
+            value, error = None, exc
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
+    """Finish a coroutine already started and suspended on ``yielded``."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            continue
+        try:
+            yielded = coro.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
 def call_in_thread(
     func: Callable[..., Any], args: list[Any], seconds: float, task: Hashable
 ) -> Any:
@@ -594,8 +643,11 @@ class AsyncDriver:
         all_on_backend: bool = False,
         drop_results: bool = False,
         targets: Collection[int] = (),
+        stall_warning: float | None = None,
     ) -> None:
         self.outcomes = outcomes
+        self.stall_warning = stall_warning  # seconds; None: io coroutines are not watched
+        self.stalled: set[Hashable] = set()  # tasks warned about
         self.graph = outcomes.graph
         self.frontier = outcomes.frontier
         self.backend = backend
@@ -790,6 +842,8 @@ class AsyncDriver:
         finally:
             self.inline_call = False
         if type(value) is CoroutineType:
+            if self.stall_warning is not None and self.frontier.is_io(tid):
+                value = watch_steps(value, name, self.stall_warning, self._stalled)
             if seconds is not None:
                 value = timed(value, seconds, name, "cancelled")
             self._watch(tid, asyncio.ensure_future(value))
@@ -797,6 +851,24 @@ class AsyncDriver:
             if self.retry_args:
                 self.retry_args.pop(tid, None)
             outcomes.succeeded(tid, value)
+
+    def _stalled(self, task: Hashable, seconds: float, coro: Coroutine[Any, Any, Any]) -> None:
+        if task in self.stalled:  # once per task and run (a retry is a new coroutine)
+            return
+        self.stalled.add(task)
+        code = getattr(coro, "cr_code", None)
+        warnings.warn_explicit(
+            StallWarning(
+                f"io-bound task {task!r} blocked the event loop for {seconds:.2f} s "
+                f"(more than {self.stall_warning:g} s): no other io-bound task could run "
+                "meanwhile.  If it computes, leave it out of io_bound (it then runs in a "
+                "worker process); if it calls something blocking, await it in a thread: "
+                "await asyncio.to_thread(func, ...)"
+            ),
+            StallWarning,
+            code.co_filename if code is not None else "<taskmap>",
+            code.co_firstlineno if code is not None else 0,
+        )
 
     def _in_thread(
         self, func: Callable[..., Any], args: list[Any], seconds: float, name: Hashable

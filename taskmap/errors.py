@@ -33,11 +33,13 @@ __all__ = [
     "CacheWarning",
     "CycleError",
     "GraphError",
+    "GraphvizError",
     "MissingDependencyError",
     "MissingFunctionError",
     "NotCallableError",
     "RunStoppedError",
     "SerializationError",
+    "StallWarning",
     "TaskError",
     "TaskTimeoutError",
     "TaskmapError",
@@ -62,6 +64,13 @@ class CacheWarning(UserWarning):
     """A cache entry could not be read (torn, corrupt, written by an incompatible
     version) or written (unpicklable value, store error).  Never an error: an entry
     that cannot be read is a miss, and the task runs again."""
+
+
+class StallWarning(RuntimeWarning):
+    """An io-bound coroutine blocked the driver's event loop longer than the run's
+    ``stall_warning`` threshold (a ``time.sleep`` or heavy CPU work in ``async def``):
+    meanwhile no other io-bound task could make progress.  Warned once per task and
+    run, pointing at the coroutine function."""
 
 
 class TaskmapError(Exception):
@@ -301,6 +310,26 @@ class TaskTimeoutError(TaskError, TimeoutError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.seconds, self.how))
+
+
+class GraphvizError(TaskmapError, RuntimeError):
+    """Graphviz's ``dot`` ran for `to_svg` and failed, or did not finish in time.
+
+    A missing ``dot`` is a `FileNotFoundError` instead: Graphviz is not installed.
+
+    Attributes:
+        returncode: dot's exit code (negative: the signal that killed it); None
+            when it timed out.
+        stderr: what dot wrote to its standard error, stripped.
+    """
+
+    def __init__(self, message: str, returncode: int | None, stderr: str) -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.args[0], self.returncode, self.stderr))
 
 
 def describe_exit(pid: int | None, exitcode: int | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Literal
 
@@ -17,6 +18,7 @@ from .frontier import Frontier
 from .graph import Graph
 from .logs import LogObserver, configure
 from .policies import IO_CHANNEL, check_limits
+from .progress import ProgressBar, wants_progress
 
 __all__ = ["run", "run_async", "run_parallel", "run_parallel_async"]
 
@@ -31,6 +33,8 @@ def run(
     raise_errors: bool = False,
     sleep: float | None = None,
     limits: Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> Graph:
     """Run the graph's tasks one at a time in this thread.
 
@@ -52,6 +56,10 @@ def run(
         limits: channel -> the most tasks of that channel running at once
             (``create_graph(channels=...)`` puts tasks in channels; ``'io'`` holds
             every io-bound task).  With one task at a time, only checked here.
+        progress: show a live progress bar on stderr (None: when stderr is a
+            terminal).
+        report: write what the run did to this file when it ends: an HTML
+            timeline (``.html``) or a Chrome trace (``.json``, opens in Perfetto).
 
     Returns:
         The same graph, with ``results`` and ``done`` filled, and ``stats``.
@@ -61,9 +69,10 @@ def run(
         >>> run(graph).results['b']
         20
     """
-    outcomes, _ = _prepare(graph, targets, on_error, raise_errors, limits)
+    options = _Options(targets, on_error, raise_errors, limits, progress, report)
+    outcomes, _ = _prepare(graph, options)
     drive_sync(outcomes)
-    return _finish(outcomes, raise_errors)
+    return _finish(outcomes, options)
 
 
 def run_async(
@@ -74,6 +83,9 @@ def run_async(
     on_error: OnError = "continue",
     raise_errors: bool = False,
     limits: Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
+    stall_warning: float | None = 0.1,
 ) -> Graph:
     """Run the graph on one event loop in this thread (uvloop when installed).
 
@@ -92,14 +104,18 @@ def run_async(
             task exception once the run has stopped.
         limits: channel -> the most tasks of that channel running at once;
             ``{'io': 20}`` caps the io-bound tasks running at once.
+        progress, report: as in `run`.
+        stall_warning: seconds an io-bound coroutine may hold the event loop
+            between two awaits before a `StallWarning` names it (None: not watched).
 
     Returns:
         The same graph, with ``results`` and ``done`` filled, and ``stats``.
     """
-    outcomes, _ = _prepare(graph, targets, on_error, raise_errors, limits)
+    options = _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning)
+    outcomes, _ = _prepare(graph, options)
     with EventLoop() as loop:
-        loop.run(AsyncDriver(outcomes).arun())
-    return _finish(outcomes, raise_errors)
+        loop.run(AsyncDriver(outcomes, stall_warning=options.stall_warning).arun())
+    return _finish(outcomes, options)
 
 
 def run_parallel(
@@ -115,6 +131,8 @@ def run_parallel(
     mp_context: str | BaseContext | None = None,
     drop_results: bool = False,
     limits: Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> Graph:
     """Run every task in a pool of worker processes, io-bound ones handed out first.
 
@@ -144,6 +162,7 @@ def run_parallel(
             rerun too).
         limits: channel -> the most tasks of that channel running at once
             (``create_graph(channels=...)``); ``{'io': 20}`` caps io-bound tasks.
+        progress, report: as in `run`.
 
     Returns:
         The same graph, with ``results`` and ``done`` filled, and ``stats``.
@@ -151,13 +170,10 @@ def run_parallel(
     workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) - 1))
     return _run_on_loop(
         graph,
-        targets,
-        on_error,
-        raise_errors,
+        _Options(targets, on_error, raise_errors, limits, progress, report, None),
         lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=True,
         drop_results=drop_results,
-        limits=limits,
     )
 
 
@@ -174,6 +190,9 @@ def run_parallel_async(
     mp_context: str | BaseContext | None = None,
     drop_results: bool = False,
     limits: Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
+    stall_warning: float | None = 0.1,
 ) -> Graph:
     """Run io-bound tasks on this process's event loop and the others in worker processes.
 
@@ -190,6 +209,8 @@ def run_parallel_async(
         sleep: legacy, accepted and ignored: taskmap does not poll.
         nprocs, targets, on_error, raise_errors, executor, mp_context,
         drop_results, limits: as in `run_parallel`.
+        progress, report: as in `run`.
+        stall_warning: as in `run_async`.
 
     Returns:
         The same graph, with ``results`` and ``done`` filled, and ``stats``.
@@ -201,13 +222,10 @@ def run_parallel_async(
     workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) // 2))
     return _run_on_loop(
         graph,
-        targets,
-        on_error,
-        raise_errors,
+        _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning),
         lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=False,
         drop_results=drop_results,
-        limits=limits,
     )
 
 
@@ -232,16 +250,13 @@ def _backend(
 
 def _run_on_loop(
     graph: Graph,
-    targets: Iterable[Hashable] | None,
-    on_error: str,
-    raise_errors: bool,
+    options: _Options,
     make_backend: Callable[[], Backend],
     *,
     all_on_backend: bool,
     drop_results: bool,
-    limits: Mapping[str, int] | None,
 ) -> Graph:
-    outcomes, target_ids = _prepare(graph, targets, on_error, raise_errors, limits, parallel=True)
+    outcomes, target_ids = _prepare(graph, options, parallel=True)
     backend = make_backend()
     outcomes.workers = backend.n if isinstance(backend, ProcessPool) else 0
     driver = AsyncDriver(
@@ -250,6 +265,7 @@ def _run_on_loop(
         all_on_backend=all_on_backend,
         drop_results=drop_results,
         targets=target_ids or (),
+        stall_warning=options.stall_warning,
     )
     try:
         with EventLoop() as loop:
@@ -257,7 +273,7 @@ def _run_on_loop(
     finally:
         if isinstance(backend, ProcessPool):
             backend.close_now()  # a second Ctrl-C can cut aclose short: no orphans
-    return _finish(outcomes, raise_errors)
+    return _finish(outcomes, options)
 
 
 def _listed(targets: Iterable[Hashable]) -> list[Hashable]:
@@ -266,31 +282,46 @@ def _listed(targets: Iterable[Hashable]) -> list[Hashable]:
     return list(targets)
 
 
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """The options every runner takes, as given."""
+
+    targets: Iterable[Hashable] | None
+    on_error: str
+    raise_errors: bool
+    limits: Mapping[str, int] | None
+    progress: bool | None
+    report: str | os.PathLike[str] | None
+    stall_warning: float | None = None
+
+
 def _prepare(
-    graph: Graph,
-    targets: Iterable[Hashable] | None,
-    on_error: str,
-    raise_errors: bool,
-    limits: Mapping[str, int] | None,
-    observers: Iterable[Observer] = (),
-    *,
-    parallel: bool = False,
+    graph: Graph, options: _Options, *, parallel: bool = False
 ) -> tuple[Outcomes, list[int] | None]:
     """Check the run's arguments and set up its frontier and bookkeeping.
 
-    ``parallel``: order ready tasks by the longest chain after them (after the
-    user's priorities), which keeps workers busy.  Returns the bookkeeping and the
-    targets' ids (None: every task is a target).
+    Everything is checked before any task runs.  ``parallel``: order ready tasks
+    by the longest chain after them (after the user's priorities), which keeps
+    workers busy.  Returns the bookkeeping and the targets' ids (None: every task
+    is a target).
     """
     if not isinstance(graph, Graph):
         raise TypeError(
             f"expected a Graph from create_graph (got {type(graph).__name__}); "
             "build one with taskmap.create_graph(funcs, dependencies)"
         )
+    targets, on_error = options.targets, options.on_error
     if on_error not in ("continue", "fail_fast"):
         raise ValueError(f"on_error must be 'continue' or 'fail_fast' (got {on_error!r})")
+    stall = options.stall_warning
+    if stall is not None and (isinstance(stall, bool) or not isinstance(stall, int | float)):
+        raise TypeError(f"stall_warning must be a number of seconds or None (got {stall!r})")
+    if options.report is not None:
+        from .report import check_report_path
+
+        check_report_path(options.report)
     plan, results = graph.plan, graph.results
-    limits = check_limits(limits, graph.policies)
+    limits = check_limits(options.limits, graph.policies)
     done = plan.ids("graph.done", graph.done)
     failed = [tid for tid in done if isinstance(results.get(plan.names[tid]), Exception)]
     target_ids = None if targets is None else plan.ids("targets", _listed(targets))
@@ -307,8 +338,10 @@ def _prepare(
         limits=slots,
     )
     configure(graph.name, graph.logging_config)
-    fail_fast = on_error == "fail_fast" or raise_errors
-    observers = [LogObserver(graph.name), *observers]
+    fail_fast = on_error == "fail_fast" or options.raise_errors
+    observers: list[Observer] = [LogObserver(graph.name)]
+    if wants_progress(options.progress):
+        observers.append(ProgressBar(graph.name))
     cache = None
     if graph.checkpoint is not None:
         cache = graph.checkpoint.open_run(plan.names, plan.parents, graph.funcs, results)
@@ -349,7 +382,11 @@ def _priority(graph: Graph, parallel: bool) -> list[int] | None:
     ]
 
 
-def _finish(outcomes: Outcomes, raise_errors: bool) -> Graph:
-    if raise_errors and outcomes.first_failure is not None:
+def _finish(outcomes: Outcomes, options: _Options) -> Graph:
+    if options.report is not None:
+        from .report import write_report
+
+        write_report(outcomes.graph, options.report)
+    if options.raise_errors and outcomes.first_failure is not None:
         raise outcomes.first_failure
     return outcomes.graph

@@ -10,12 +10,14 @@ import pytest
 import taskmap
 from taskmap import (
     CycleError,
+    GraphvizError,
     MissingDependencyError,
     MissingFunctionError,
     NotCallableError,
     RunStoppedError,
     SerializationError,
     TaskmapError,
+    TaskTimeoutError,
     UnknownTaskError,
     UpstreamFailedError,
     WorkerCrashedError,
@@ -68,6 +70,9 @@ ERRORS = [
     RunStoppedError("b", "a", cancelled=True),
     WorkerCrashedError("b", 1234, -9),
     SerializationError("b", "result", "Lock", "cannot pickle '_thread.lock' object"),
+    TaskTimeoutError("b", 2.5, "worker replaced"),
+    WorkerCrashedError("b", None, None, "its Dask worker died while running it"),
+    GraphvizError("dot failed", 3, "syntax error"),
 ]
 
 

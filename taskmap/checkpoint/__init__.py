@@ -223,7 +223,8 @@ class Checkpoint:
 
         ``reset``: the user reset them (`reset_tasks`): the next run says so, and
         their ``last`` records stay to tell a failure from a reset.  Otherwise
-        (`clear_cache`) the records go too.  Returns the number of keys dropped.
+        (`clear_cache`) the records go too.  Returns the number of values dropped
+        (records are not counted).
         """
         tasks = list(tasks)
         prefixes = tuple(f"{self.token(t)}/" for t in tasks)
@@ -234,12 +235,14 @@ class Checkpoint:
             keys = [key for key in keys if not _is_record(key)]
         else:
             self.reset.difference_update(tasks)
+        values = sum(1 for key in keys if not _is_record(key))
         delete = getattr(self.store, "delete", None)
         if callable(delete):
-            return int(delete(keys))
-        for key in keys:
-            self.store.pop(key, None)
-        return len(keys)
+            delete(keys)
+        else:
+            for key in keys:
+                self.store.pop(key, None)
+        return values
 
     def save(self) -> int:
         """Write the entries held by ``write='manual'``; return how many."""
