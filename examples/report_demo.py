@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 
 import taskmap
-from taskmap.report import write_report
 
 attempts = {"upload": 0}
 
@@ -74,7 +73,7 @@ def main() -> None:
     )
     graph = taskmap.run_parallel_async(graph, ncores=2)
     for suffix in ("html", "json"):
-        print(f"wrote {write_report(graph, out / f'run.{suffix}')}")
+        print(f"wrote {taskmap.write_report(graph, out / f'run.{suffix}')}")
     stats = graph.stats
     print(f"makespan {stats.makespan:.2f} s, {len(graph.failed)} failed or skipped")
 

@@ -19,13 +19,43 @@ def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(120)
-def test_etl_example_fetches_parses_and_loads():
-    done = run_script("examples/etl_pipeline.py", "--clear", timeout=100)
+def test_etl_example_fetches_parses_and_loads(tmp_path):
+    cache = tmp_path / "cache"
+    done = run_script("examples/etl_pipeline.py", "--cache", str(cache), timeout=100)
     assert done.returncode == 0, done.stderr
     assert "ran 26 tasks in" in done.stdout
     assert "(0 failed)" in done.stdout
     assert "loaded 156 terms into" in done.stdout
     assert "(156 rows)" in done.stdout
+    assert f"timeline of the run: {cache / 'report.html'}" in done.stdout
+    page = (cache / "report.html").read_text()
+    assert "taskmap run of" in page
+    assert page.count('class="bar ') == 26
+
+
+@pytest.mark.timeout(60)
+def test_cli_example_runs_through_the_command(tmp_path):
+    done = run_script("-m", "taskmap", "run", "examples/cli_pipeline.py", timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert "ran 5 tasks in" in done.stdout
+    broken = subprocess.run(
+        [sys.executable, "-m", "taskmap", "run", "examples/cli_pipeline.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env={**os.environ, "BROKEN": "1"},
+    )
+    assert broken.returncode == 1
+    assert "clean  ValueError: row 3 is not a number" in broken.stdout
+
+
+@pytest.mark.timeout(60)
+def test_report_example_writes_a_page_and_a_trace(tmp_path):
+    done = run_script("examples/report_demo.py", str(tmp_path), timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run.html").read_text().lstrip().lower().startswith("<!doctype html")
+    assert "traceEvents" in (tmp_path / "run.json").read_text()
 
 
 @pytest.mark.timeout(120)
