@@ -10,6 +10,7 @@ while timing: collections triggered by a run's own allocations are part of its c
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import platform
@@ -40,6 +41,16 @@ __all__ = [
 
 WIDTH = 100
 SEED = 0
+
+
+try:  # the loop taskmap's drivers use, so asyncio references run on the same one
+    import uvloop
+
+    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    LOOP = "uvloop"
+except ImportError:  # pragma: no cover
+    new_event_loop = asyncio.new_event_loop
+    LOOP = "asyncio"
 
 
 def noop(*args: object) -> None:

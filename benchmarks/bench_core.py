@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from _common import (
+    LOOP,
     WIDTH,
     Case,
     count_edges,
@@ -41,20 +42,12 @@ from _common import (
     layered_graph,
     machine,
     median,
+    new_event_loop,
     peak_memory,
     time_cases,
 )
 
 import taskmap
-
-try:  # the loop run_async uses, so the asyncio reference runs on the same one
-    import uvloop
-
-    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    LOOP = "uvloop"
-except ImportError:  # pragma: no cover
-    new_event_loop = asyncio.new_event_loop
-    LOOP = "asyncio"
 
 FLOOR = "graphlib floor"
 RUN = "taskmap.run"

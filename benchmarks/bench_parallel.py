@@ -54,18 +54,9 @@ from multiprocessing.context import BaseContext
 from time import perf_counter
 from typing import Any
 
-from _common import Case, fmt_seconds, goal_line, machine, median, time_cases
+from _common import LOOP, Case, fmt_seconds, goal_line, machine, median, new_event_loop, time_cases
 
 import taskmap
-
-try:  # the loop taskmap's driver uses, so the asyncio baseline runs on the same one
-    import uvloop
-
-    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    LOOP = "uvloop"
-except ImportError:  # pragma: no cover
-    new_event_loop = asyncio.new_event_loop
-    LOOP = "asyncio"
 
 WORKERS = 2
 CHAINS, STEPS = 8, 3

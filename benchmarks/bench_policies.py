@@ -53,6 +53,7 @@ from time import perf_counter
 from typing import Any
 
 from _common import (
+    LOOP,
     WIDTH,
     Case,
     fmt_seconds,
@@ -60,19 +61,11 @@ from _common import (
     layered_graph,
     machine,
     median,
+    new_event_loop,
     time_cases,
 )
 
 import taskmap
-
-try:  # the loop run_async uses, so the asyncio floors run on the same one
-    import uvloop
-
-    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    LOOP = "uvloop"
-except ImportError:  # pragma: no cover
-    new_event_loop = asyncio.new_event_loop
-    LOOP = "asyncio"
 
 HOT_TASKS = 10_000
 BIG = 1_000_000  # a limit that never binds

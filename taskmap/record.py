@@ -21,7 +21,7 @@ from functools import cached_property
 
 from .checkpoint import CacheStats, Explanation
 
-__all__ = ["RunStats", "TaskOutcome", "TaskStats", "Timeline"]
+__all__ = ["RunStats", "TaskOutcome", "TaskStats", "Timeline", "union_length"]
 
 
 class TaskOutcome(enum.Enum):
@@ -164,14 +164,15 @@ class RunStats:
                 assert row.start is not None
                 assert row.end is not None
                 spans.setdefault(row.lane, []).append((row.start, row.end))
-        return {lane: _union(intervals) for lane, intervals in sorted(spans.items())}
+        return {lane: union_length(intervals) for lane, intervals in sorted(spans.items())}
 
     def count(self, outcome: TaskOutcome) -> int:
         """How many tasks ended with ``outcome``."""
         return sum(1 for row in self.tasks.values() if row.outcome is outcome)
 
 
-def _union(intervals: list[tuple[float, float]]) -> float:
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: overlaps count once."""
     total, reach = 0.0, float("-inf")
     for start, end in sorted(intervals):
         if end > reach:

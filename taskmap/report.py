@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from .errors import with_article
 from .graph import Graph
-from .record import TaskOutcome
+from .record import TaskOutcome, union_length
 
 __all__ = [
     "Record",
@@ -247,16 +247,7 @@ def _busy(record: Record) -> dict[str, float]:
         if row.ran and row.start is not None and row.end is not None:
             assert row.lane is not None
             spans.setdefault(row.lane, []).append((row.start, row.end))
-    return {lane: _union(spans.get(lane, [])) for lane in _lanes(record)}
-
-
-def _union(intervals: list[tuple[float, float]]) -> float:
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
+    return {lane: union_length(spans.get(lane, [])) for lane in _lanes(record)}
 
 
 def _lanes(record: Record) -> list[str]:
