@@ -35,22 +35,17 @@ thread future records the outcome and starts what became READY.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import random
 import signal
 import threading
 import time
-import types
 import warnings
 from collections.abc import (
-    Awaitable,
     Callable,
     Collection,
     Coroutine,
-    Generator,
     Hashable,
-    Iterator,
     Sequence,
 )
 from concurrent.futures import ThreadPoolExecutor
@@ -59,13 +54,14 @@ from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
 from .backends import Backend
+from .backends.loop import EventLoop, timed, watch_steps
+from .backends.threads import call_in_thread, in_thread
 from .checkpoint import CacheRun
 from .errors import (
     RunStoppedError,
     SerializationError,
     StallWarning,
     TaskError,
-    TaskTimeoutError,
     UpstreamFailedError,
 )
 from .events import (
@@ -96,87 +92,9 @@ from .record import (
     Timeline,
 )
 
-__all__ = ["AsyncDriver", "EventLoop", "Outcomes", "drive_sync", "new_event_loop"]
+__all__ = ["AsyncDriver", "Outcomes", "drive_sync"]
 
 T = TypeVar("T")
-
-try:  # uvloop is a dependency where the platform has it
-    import uvloop
-
-    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-except ImportError:  # pragma: no cover - platforms without uvloop
-    new_event_loop = asyncio.new_event_loop
-
-
-class EventLoop:
-    """An asyncio event loop to run coroutines to completion from synchronous code.
-
-    It runs in this thread (an `asyncio.Runner`, uvloop when installed) unless this
-    thread already runs an event loop, as in Jupyter: then in a daemon helper
-    thread, and the caller blocks until the coroutine is done.  Ctrl-C while waiting
-    cancels the coroutine, gives it two seconds to wind down (a plain function
-    blocking the helper's loop cannot be interrupted from here) and raises
-    KeyboardInterrupt.
-    """
-
-    def __init__(self) -> None:
-        self.runner: asyncio.Runner | None = None
-        self.helper: threading.Thread | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self.loop = loop = new_event_loop()
-        self.helper = threading.Thread(target=loop.run_forever, name="taskmap-loop", daemon=True)
-        self.helper.start()
-
-    def __enter__(self) -> EventLoop:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self.loop is None:
-            if self.runner is None:
-                self.runner = asyncio.Runner(loop_factory=new_event_loop)
-            return self.runner.run(coro)
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            with _ctrl_c_raises():
-                return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            with contextlib.suppress(BaseException):
-                future.result(timeout=2)
-            raise
-
-    def close(self) -> None:
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
-        loop, helper, self.loop, self.helper = self.loop, self.helper, None, None
-        if loop is not None and helper is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            helper.join(2)
-            if not helper.is_alive():
-                loop.close()
-
-
-@contextlib.contextmanager
-def _ctrl_c_raises() -> Iterator[None]:
-    """While blocked waiting for the helper thread, let Ctrl-C raise KeyboardInterrupt
-    at once: the running loop's own handler would only cancel its task, which cannot
-    run while this thread waits."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class Outcomes:
@@ -529,91 +447,6 @@ def _call_with_policies(
                 time.sleep(delay)
 
 
-async def timed(awaitable: Awaitable[T], seconds: float, task: Hashable, how: str) -> T:
-    """Await with a timeout; on expiry raise `TaskTimeoutError` (``how`` says what
-    became of the work: a coroutine is ``'cancelled'``, a thread ``'abandoned'``)."""
-    deadline = asyncio.timeout(seconds)
-    try:
-        async with deadline:
-            return await awaitable
-    except TimeoutError:
-        if deadline.expired():  # ours, not a TimeoutError raised by the task
-            raise TaskTimeoutError(task, seconds, how) from None
-        raise
-
-
-@types.coroutine
-def watch_steps(
-    coro: Coroutine[Any, Any, T], task: Hashable, threshold: float, stalled: Callable[..., None]
-) -> Generator[Any, Any, T]:
-    """Run ``coro`` step by step, timing each step (each stretch it holds the loop
-    between two awaits); call ``stalled(task, seconds, coro)`` after the first step
-    longer than ``threshold``, then just delegate."""
-    send, throw, clock = coro.send, coro.throw, perf_counter
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        started = clock()
-        try:
-            yielded = send(value) if error is None else throw(error)
-        except StopIteration as stop:
-            if clock() - started > threshold:
-                stalled(task, clock() - started, coro)
-            return stop.value  # type: ignore[no-any-return]
-        if clock() - started > threshold:
-            stalled(task, clock() - started, coro)
-            return (yield from _resume(coro, yielded))
-        try:
-            value, error = (yield yielded), None
-        except BaseException as exc:  # cancellation, GeneratorExit: the coroutine decides
-            value, error = None, exc
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
-    """Finish a coroutine already started and suspended on ``yielded``."""
-    while True:
-        try:
-            value = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            continue
-        try:
-            yielded = coro.send(value)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-
-
-def call_in_thread(
-    func: Callable[..., Any], args: list[Any], seconds: float, task: Hashable
-) -> Any:
-    """Call a plain function in a daemon thread and wait at most ``seconds`` for it.
-
-    A thread cannot be stopped: on timeout it is abandoned (daemonic, so it does not
-    hold up the interpreter's exit) and `TaskTimeoutError` is raised.
-    """
-    outcome: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            outcome.append((True, func(*args)))
-        except BaseException as exc:
-            outcome.append((False, exc))
-
-    thread = threading.Thread(target=target, name=f"taskmap-{task}", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if not outcome:
-        raise TaskTimeoutError(task, seconds, "abandoned")
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value
-
-
 def _check_drained(frontier: Frontier) -> None:
     if frontier.unfinished or frontier.running:  # an internal bug, never a hang
         raise RuntimeError(
@@ -827,7 +660,7 @@ class AsyncDriver:
         ):
             outcomes.started(tid, THREAD)
             if seconds is not None:  # the loop can only time what does not block it
-                self._watch(tid, self._in_thread(func, args, seconds, name))
+                self._watch(tid, in_thread(func, args, seconds, name))
             else:
                 self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
             return
@@ -869,32 +702,6 @@ class AsyncDriver:
             code.co_filename if code is not None else "<taskmap>",
             code.co_firstlineno if code is not None else 0,
         )
-
-    def _in_thread(
-        self, func: Callable[..., Any], args: list[Any], seconds: float, name: Hashable
-    ) -> asyncio.Future[Any]:
-        """Call a plain function in a daemon thread of its own, timed from the loop: on
-        timeout the thread is abandoned (a pool's thread would stay taken)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-
-        def settle(ok: bool, value: Any) -> None:
-            if not future.done():
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-
-        def target() -> None:
-            try:
-                outcome = (True, func(*args))
-            except BaseException as exc:
-                outcome = (False, exc)
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(settle, *outcome)
-
-        threading.Thread(target=target, name=f"taskmap-{name}", daemon=True).start()
-        return asyncio.ensure_future(timed(future, seconds, name, "abandoned"))
 
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
         if self.outcomes.cache is not None and self._cached(tid):

@@ -9,15 +9,18 @@ The hierarchy::
     │   ├── MissingFunctionError       a task in ``dependencies`` has no function
     │   ├── NotCallableError           a value in ``funcs`` is not callable
     │   └── UnknownTaskError           io_bound / done / targets / ... name a non-task
-    └── TaskError                      recorded as a task's result: why it has no value
-        ├── UpstreamFailedError        not run: a dependency failed or was not run
-        ├── RunStoppedError            not run or cancelled: the run stopped (fail_fast)
-        ├── WorkerCrashedError         the worker process running the task died
-        └── SerializationError         the task's function, input, result or exception
-                                       could not cross to or from its worker process
+    ├── TaskError                      recorded as a task's result: why it has no value
+    │   ├── UpstreamFailedError        not run: a dependency failed or was not run
+    │   ├── RunStoppedError            not run or cancelled: the run stopped (fail_fast)
+    │   ├── WorkerCrashedError         the worker process running the task died
+    │   ├── TaskTimeoutError(TimeoutError)  an attempt ran past its timeout
+    │   └── SerializationError         the task's function, input, result or exception
+    │                                  could not cross to or from its worker process
+    └── GraphvizError(RuntimeError)    Graphviz's dot failed or timed out (to_svg)
 
     CacheWarning(UserWarning)          a cache entry could not be read or written: the
                                        task runs (or its value is not kept); nothing fails
+    StallWarning(RuntimeWarning)       an io-bound coroutine blocked the event loop
 
 Graph errors are raised.  Task errors are never raised by a runner: they are *stored*
 in ``graph.results`` in place of a value, so ``reset_failed_tasks`` (which resets every

@@ -11,8 +11,9 @@ from typing import Literal
 
 from .backends import Backend
 from .backends.executor import ExecutorBackend
+from .backends.loop import EventLoop
 from .backends.processes import ProcessPool
-from .driver import AsyncDriver, EventLoop, Outcomes, drive_sync
+from .driver import AsyncDriver, Outcomes, drive_sync
 from .events import Observer
 from .frontier import Frontier
 from .graph import Graph

@@ -1,9 +1,11 @@
 """Where a CPU task executes, away from the driver's event loop.
 
 The asyncio driver runs coroutines on its loop, io-bound plain functions in a
-thread pool and, without a CPU backend, other plain functions inline; those three
-placements are a few lines each and live in `taskmap.driver`.  A CPU backend takes
-the rest: the built-in pool of worker processes (`processes.ProcessPool`) or any
+thread pool and, without a CPU backend, other plain functions inline; those
+placements are a few lines each in `taskmap.driver`, with what they share here:
+`loop` (the event loop, timeouts and the blocked-loop watch of a coroutine) and
+`threads` (a timed plain function in a daemon thread).  A CPU backend takes the
+rest: the built-in pool of worker processes (`processes.ProcessPool`) or any
 `concurrent.futures.Executor` (`executor.ExecutorBackend`, the door to Dask).
 """
 
