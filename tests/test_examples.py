@@ -51,6 +51,15 @@ def test_cli_example_runs_through_the_command(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_draw_example_colours_the_graph_after_its_run():
+    done = run_script("examples/draw_graph.py", timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("flowchart LR")
+    assert "digraph" in done.stdout
+    assert done.stdout.count(":::pending") == 4  # before the run: nothing ran
+
+
+@pytest.mark.timeout(60)
 def test_report_example_writes_a_page_and_a_trace(tmp_path):
     done = run_script("examples/report_demo.py", str(tmp_path), timeout=50)
     assert done.returncode == 0, done.stderr
