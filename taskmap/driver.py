@@ -105,6 +105,7 @@ class Outcomes:
 
     __slots__ = (
         "cache",
+        "ended",
         "fail_fast",
         "first_failed",
         "first_failure",
@@ -165,6 +166,7 @@ class Outcomes:
         self.random = random.Random()
         self.timeline = Timeline(len(self.names))
         self.home = MAIN  # the lane of tasks run (or loaded) by the driver itself
+        self.ended = False  # end_run has recorded the run in graph.stats
         #: CPU tasks that can run at once (0: count the executor's lanes at the end)
         self.workers = 1
 
@@ -201,6 +203,7 @@ class Outcomes:
             cache.close()
             stats.cache, stats.why = cache.stats, cache.why
         self.graph.stats = stats
+        self.ended = True
         if self.on_run_end is not None:
             self.on_run_end(RunFinished(self.graph.name, interrupted))
 

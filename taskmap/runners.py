@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -72,7 +73,8 @@ def run(
     """
     options = _Options(targets, on_error, raise_errors, limits, progress, report)
     outcomes, _ = _prepare(graph, options)
-    drive_sync(outcomes)
+    with _reporting(outcomes, options):
+        drive_sync(outcomes)
     return _finish(outcomes, options)
 
 
@@ -114,7 +116,7 @@ def run_async(
     """
     options = _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning)
     outcomes, _ = _prepare(graph, options)
-    with EventLoop() as loop:
+    with _reporting(outcomes, options), EventLoop() as loop:
         loop.run(AsyncDriver(outcomes, stall_warning=options.stall_warning).arun())
     return _finish(outcomes, options)
 
@@ -269,7 +271,7 @@ def _run_on_loop(
         stall_warning=options.stall_warning,
     )
     try:
-        with EventLoop() as loop:
+        with _reporting(outcomes, options), EventLoop() as loop:
             loop.run(driver.arun())
     finally:
         if isinstance(backend, ProcessPool):
@@ -383,11 +385,29 @@ def _priority(graph: Graph, parallel: bool) -> list[int] | None:
     ]
 
 
-def _finish(outcomes: Outcomes, options: _Options) -> Graph:
+@contextlib.contextmanager
+def _reporting(outcomes: Outcomes, options: _Options) -> Iterator[None]:
+    """Write the report of a run that ends normally, and of one interrupted (Ctrl-C):
+    what did run is worth a picture too."""
+    try:
+        yield
+    except BaseException:
+        if options.report is not None and outcomes.ended:
+            with contextlib.suppress(Exception):  # the interruption is what matters
+                _write_report(outcomes, options)
+        raise
     if options.report is not None:
-        from .report import write_report
+        _write_report(outcomes, options)
 
-        write_report(outcomes.graph, options.report)
+
+def _write_report(outcomes: Outcomes, options: _Options) -> None:
+    from .report import write_report
+
+    assert options.report is not None
+    write_report(outcomes.graph, options.report)
+
+
+def _finish(outcomes: Outcomes, options: _Options) -> Graph:
     if options.raise_errors and outcomes.first_failure is not None:
         raise outcomes.first_failure
     return outcomes.graph

@@ -188,3 +188,17 @@ def test_a_bad_stall_threshold_is_an_error() -> None:
         TypeError, match=r"^stall_warning must be a number of seconds or None \(got 'x'\)$"
     ):
         taskmap.run_async(create_graph({"a": ok}, {"a": []}), stall_warning="x")  # type: ignore[arg-type]
+
+
+def interrupt(*args: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_still_writes_its_report(tmp_path: Path) -> None:
+    report = tmp_path / "run.html"
+    graph = create_graph({"a": ok, "stop": interrupt}, {"a": [], "stop": ["a"]})
+    with pytest.raises(KeyboardInterrupt):
+        taskmap.run(graph, report=report)
+    page = report.read_text()
+    assert 'data-task="a"' in page
+    assert graph.results["a"] == 1
