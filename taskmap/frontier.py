@@ -181,7 +181,7 @@ class Frontier:
 
     def pop_ready(self) -> int:
         """Hand out the next READY task (io-bound first) and mark it RUNNING; -1 if none."""
-        # pop_ready_io and pop_ready_cpu inlined: this is `run`'s per-task hot path.
+        # pop_ready_io then pop_ready_cpu, inlined: this is `run`'s per-task hot path.
         while True:
             if self.ready_io:
                 tid = self.ready_io.popleft()
@@ -201,26 +201,19 @@ class Frontier:
 
     def pop_ready_cpu(self) -> int:
         """Hand out the next READY CPU-bound task and mark it RUNNING; -1 if none."""
-        while True:
-            if self.ready_cpu:
-                tid = self.ready_cpu.popleft()
-            elif self._heap:
-                tid = heappop(self._heap)[1]
-            else:
-                return -1
-            if self._channels is None or self._admit(tid):
-                break
-        self.state[tid] = _RUNNING
-        self.running += 1
-        return tid
+        return self._pop(self.ready_cpu, self._heap)
 
     def pop_ready_io(self) -> int:
         """Hand out the next READY io-bound task and mark it RUNNING; -1 if none."""
+        return self._pop(self.ready_io, self._heap_io)
+
+    def _pop(self, queue: deque[int], heap: list[tuple[int, int]] | None) -> int:
+        """Hand out the next task of one kind: its FIFO queue, or its priority heap."""
         while True:
-            if self.ready_io:
-                tid = self.ready_io.popleft()
-            elif self._heap_io:
-                tid = heappop(self._heap_io)[1]
+            if queue:
+                tid = queue.popleft()
+            elif heap:
+                tid = heappop(heap)[1]
             else:
                 return -1
             if self._channels is None or self._admit(tid):
