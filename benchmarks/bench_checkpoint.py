@@ -413,8 +413,7 @@ def bench_cold(n: int, repeat: int, base: Path) -> tuple[dict[str, float], float
     def drop(graph: taskmap.Graph) -> None:
         store = graph.checkpoint.store if graph.checkpoint is not None else None
         if isinstance(store, taskmap.DirectoryStore):
-            # not store.close(): it raises for the writer thread's connection (sqlite3
-            # objects are closed from their own thread); the store is collected anyway
+            store.close()
             shutil.rmtree(store.path)
 
     def par(graph: taskmap.Graph) -> taskmap.Graph:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "Graph",
     "Plan",
     "clear_cache",
+    "configure_logging",
     "create_graph",
     "explain",
     "get_all_children",
@@ -273,6 +275,7 @@ def create_graph(
             f"logging_config has unknown keys: {sorted(unknown)!r} "
             "(known: 'level', 'path', 'write')"
         )
+    configure_logging(str(name), config)  # at once, as in 0.0.6 (not at the first run)
     policies = make_policies(retries, timeouts, channels, priorities)
     for where in ("retries", "timeouts", "channels", "priorities"):
         plan.ids(where, getattr(policies, where))
@@ -622,3 +625,43 @@ def _cache_tasks(graph: Graph, tasks: Task | Iterable[Task] | None) -> list[Task
     if tasks is None:
         return list(names)
     return [names[t] for t in _one_or_many(graph, "tasks", tasks)]
+
+
+_LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def loggers(name: str) -> tuple[logging.Logger, logging.Logger]:
+    """The manager and worker loggers of graph ``name``."""
+    return logging.getLogger(f"{name}-manager"), logging.getLogger(f"{name}-worker")
+
+
+def configure_logging(name: str, config: Mapping[str, Any]) -> None:
+    """Apply a graph's ``logging_config``; idempotent for the same graph name.
+
+    Keys: ``'level'`` (a level name or number) sets both loggers' level;
+    ``'write': True`` adds a file handler writing to ``'path'`` (default
+    ``<name>.log`` in the current directory), at level INFO unless ``'level'``
+    says otherwise.
+    """
+    level = config.get("level")
+    if level is None and config.get("write"):
+        level = logging.INFO
+    path = Path(config.get("path") or f"{name}.log").resolve()
+    for logger in loggers(name):
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        if level is not None:
+            try:
+                logger.setLevel(level)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"logging_config['level'] must be a logging level such as 'INFO' or "
+                    f"logging.ERROR (got {level!r})"
+                ) from exc
+        if config.get("write") and not any(
+            isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path
+            for h in logger.handlers
+        ):
+            handler = logging.FileHandler(path, encoding="utf-8")
+            handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+            logger.addHandler(handler)

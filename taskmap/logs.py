@@ -3,7 +3,8 @@
 Messages keep taskmap 0.0.6's shape, ``pid <pid>: <verb> task <name>``, so logs and
 the tools that read them keep working.  Following the convention for libraries,
 the loggers get a `logging.NullHandler` and log nothing unless asked: by the
-application's own logging set-up, or by ``logging_config`` on `create_graph`.
+application's own logging set-up, or by ``logging_config`` on `create_graph`, which
+applies it at once (`taskmap.graph.configure_logging`), as 0.0.6 did.
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from .events import (
     EVENT_TYPES,
@@ -27,42 +25,11 @@ from .events import (
     TaskSkipped,
     TaskStarted,
 )
+from .graph import configure_logging, loggers
 
-__all__ = ["LogObserver", "configure", "in_progress", "loggers"]
+__all__ = ["LogObserver", "configure_logging", "in_progress", "loggers"]
 
-_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 _LINE = re.compile(r"pid \d+: (queueing|starting|finished|failed|skipped) task (.*?)\s*$")
-
-
-def loggers(name: str) -> tuple[logging.Logger, logging.Logger]:
-    """The manager and worker loggers of graph ``name``."""
-    return logging.getLogger(f"{name}-manager"), logging.getLogger(f"{name}-worker")
-
-
-def configure(name: str, config: Mapping[str, Any]) -> None:
-    """Apply a graph's ``logging_config``; idempotent for the same graph name.
-
-    Keys: ``'level'`` (a level name or number) sets both loggers' level;
-    ``'write': True`` adds a file handler writing to ``'path'`` (default
-    ``<name>.log`` in the current directory), at level INFO unless ``'level'``
-    says otherwise.
-    """
-    level = config.get("level")
-    if level is None and config.get("write"):
-        level = logging.INFO
-    path = Path(config.get("path") or f"{name}.log").resolve()
-    for logger in loggers(name):
-        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-            logger.addHandler(logging.NullHandler())
-        if level is not None:
-            logger.setLevel(level)
-        if config.get("write") and not any(
-            isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path
-            for h in logger.handlers
-        ):
-            handler = logging.FileHandler(path, encoding="utf-8")
-            handler.setFormatter(logging.Formatter(_FORMAT))
-            logger.addHandler(handler)
 
 
 class LogObserver:

@@ -17,8 +17,8 @@ from .backends.processes import ProcessPool
 from .driver import AsyncDriver, Outcomes, drive_sync
 from .events import Observer
 from .frontier import Frontier
-from .graph import Graph
-from .logs import LogObserver, configure
+from .graph import Graph, configure_logging
+from .logs import LogObserver
 from .policies import IO_CHANNEL, check_limits
 from .progress import ProgressBar, wants_progress
 
@@ -340,7 +340,7 @@ def _prepare(
         channels=channels,
         limits=slots,
     )
-    configure(graph.name, graph.logging_config)
+    configure_logging(graph.name, graph.logging_config)  # a graph built by hand, or renamed
     fail_fast = on_error == "fail_fast" or options.raise_errors
     observers: list[Observer] = [LogObserver(graph.name)]
     if wants_progress(options.progress):

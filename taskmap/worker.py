@@ -31,6 +31,8 @@ Rules:
    holds, and reading EOF there means the driver is gone.
 5. This module imports only the standard library and cloudpickle, so a new worker
    starts fast.
+6. Tracebacks name the user's file: a code object shipped by value keeps its
+   ``co_filename`` (`_CodePickler`), whatever cloudpickle version sent it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import CoroutineType
@@ -74,14 +77,44 @@ def dumps(value: object) -> bytes:
 def dumps_for_worker(obj: object) -> bytes:
     """Pickle for a worker: what refers to the user's ``__main__`` (which workers do
     not import: functions, classes and their instances) goes by value, with
-    cloudpickle; the rest with plain pickle, five times cheaper per message."""
+    cloudpickle; the rest with plain pickle, five times cheaper per message.
+
+    Code shipped by value keeps its file name (Rule 6), so a worker's traceback
+    names the user's file and line."""
     try:
         blob = pickle.dumps(obj, PROTOCOL)
     except Exception:
         blob = b"__main__"  # lambdas, closures, local classes: cloudpickle below
     if b"__main__" in blob:
-        blob = cloudpickle.dumps(obj, PROTOCOL)
+        buffer = io.BytesIO()
+        _CodePickler(buffer, PROTOCOL).dump(obj)
+        blob = buffer.getvalue()
     return blob
+
+
+class _CodePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, but a code object carries its real ``co_filename``.
+
+    Since cloudpickle 3.1.2 every code object shipped by value is rebuilt with
+    ``co_filename == "<dynamic-code>"`` (deterministic payloads), so a worker's
+    traceback read ``File "<dynamic-code>", line 190`` with no source line.  Each
+    code object (nested ones too: they are constants of their parent) is wrapped
+    in `_code_in_file`, which puts the name back when the worker unpickles it.
+    """
+
+    def reducer_override(self, obj: object) -> Any:
+        if type(obj) is types.CodeType:
+            rebuild, args = self.dispatch_table[types.CodeType](obj)
+            return _code_in_file, (rebuild, args, obj.co_filename)
+        return super().reducer_override(obj)
+
+
+def _code_in_file(
+    rebuild: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str
+) -> types.CodeType:
+    """Rebuild a code object shipped by `_CodePickler` with its real file name."""
+    code = rebuild(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
 
 
 class RemoteTraceback(Exception):

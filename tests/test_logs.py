@@ -208,3 +208,20 @@ def test_configuring_the_same_log_twice_writes_each_line_once(name: str, tmp_pat
         )
     taskmap.run(graph)
     assert sum("starting task a" in line for line in lines(log)) == 1
+
+
+@pytest.mark.parametrize("level", [logging.ERROR, "WARNING"])
+def test_logging_config_level_takes_effect_in_create_graph(name: str, level: int | str) -> None:
+    # taskmap 0.0.6's test_explicit_logging_severity_level: set before any run
+    create_graph({"a": print}, {"a": []}, name=name, logging_config={"level": level})
+    expected = logging.getLevelName(level) if isinstance(level, str) else level
+    assert [logger.level for logger in loggers(name)] == [expected, expected]
+
+
+def test_a_bad_logging_level_is_a_value_error_naming_it(name: str) -> None:
+    message = (
+        "logging_config['level'] must be a logging level such as 'INFO' or logging.ERROR "
+        "(got 'LOUD')"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        create_graph({"a": print}, {"a": []}, name=name, logging_config={"level": "LOUD"})

@@ -500,10 +500,22 @@ def _main_not_rerun() -> Iterator[None]:
     ``__main__`` cross by value with cloudpickle.  So the preparation data a child
     receives is stripped of the main-module entries while a worker starts.
     """
-    original = spawn.get_preparation_data
+    original = getattr(spawn, "get_preparation_data", None)
+    if not callable(original):  # a CPython internal: fail loudly if it moves (3.14+)
+        raise RuntimeError(
+            "taskmap starts workers without re-running __main__ by patching "
+            "multiprocessing.spawn.get_preparation_data, which this Python "
+            f"({sys.version.split()[0]}) does not have; please report it to taskmap"
+        )
 
     def without_main(name: str) -> dict[str, Any]:
-        data: dict[str, Any] = original(name)
+        data = original(name)
+        if not isinstance(data, dict):
+            raise RuntimeError(
+                "multiprocessing.spawn.get_preparation_data returned "
+                f"{type(data).__qualname__}, not a dict, on Python {sys.version.split()[0]}: "
+                "taskmap cannot keep workers from re-running __main__; please report it"
+            )
         data.pop("init_main_from_path", None)
         data.pop("init_main_from_name", None)
         return data

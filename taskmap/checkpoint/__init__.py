@@ -56,7 +56,8 @@ from .encoders import (
     unpack_entry,
 )
 from .keys import Fingerprinter, UnhashableError, digest, task_key
-from .store import ChainStore, DirectoryStore, Store, keys_under, open_store
+from .store import ChainStore, DirectoryStore, Store, keys_under, open_store, release
+from .store import close as close_store
 
 __all__ = [
     "CacheEntry",
@@ -542,6 +543,7 @@ class CacheRun:
         ``write=False`` ends a dry run (`explain`): nothing was stored, nothing is reset.
         """
         held = self.writer.close()
+        close_store(self.store)  # rule 5 of the store: no connection outlives the run
         if not write:
             return
         self.checkpoint.pending.extend(held)
@@ -604,14 +606,17 @@ class _Writer:
         return []
 
     def _loop(self) -> None:
-        while True:
-            self.wake.wait()
-            if self.closing.wait(self.linger):  # gather; close() writes what is left
-                return
-            with self.lock:
-                batch, self.held = self.held, []
-                self.wake.clear()
-            self._write(batch)
+        try:
+            while True:
+                self.wake.wait()
+                if self.closing.wait(self.linger):  # gather; close() writes what is left
+                    return
+                with self.lock:
+                    batch, self.held = self.held, []
+                    self.wake.clear()
+                self._write(batch)
+        finally:
+            release(self.store)  # this thread's connection ends with it
 
     def _write(self, batch: list[tuple[str, bytes | None]]) -> None:
         try:

@@ -25,6 +25,11 @@ Rules for the embedded default, `DirectoryStore`:
    process; a power cut may lose the last transactions, never corrupt older ones.
 4. **One connection per thread**, opened lazily, so the writer thread and the
    driver never share one.
+5. **Every connection is closed deterministically** (gh-issue 11: Python 3.13 warns
+   of each one collected open; each holds descriptors and locks): a thread closes
+   its own when it ends (`release`), a run closes them all when it ends (`close`;
+   the store reopens on next use), and a store that is collected closes what is
+   left (a `weakref.finalize`, which also runs at interpreter exit).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +70,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._connections)
         self._db()  # fail now, naming the file, rather than in the middle of a run
 
     def __repr__(self) -> str:
@@ -176,10 +183,23 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return int(self._db().execute("SELECT count(*) FROM entries").fetchone()[0])
 
+    def release(self) -> None:
+        """Close the calling thread's connection (a thread that is ending calls it)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._lock, contextlib.suppress(ValueError):
+            self._connections.remove(db)
+        db.close()
+
     def close(self) -> None:
-        """Close every connection this store opened (it reopens on next use)."""
+        """Close every connection this store opened (it reopens on next use).
+
+        Call when no other thread is using the store (the end of a run)."""
         with self._lock:
-            connections, self._connections = self._connections, []
+            connections = list(self._connections)
+            self._connections.clear()  # the finalizer's list: it is emptied, not replaced
         for db in connections:
             db.close()
         self._local = threading.local()
@@ -248,6 +268,31 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    for db in connections:
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+    connections.clear()
+
+
+def release(store: Store) -> None:
+    """The calling thread is done with ``store``: close what it opened for this thread."""
+    if isinstance(store, ChainStore):
+        for inner in store.stores:
+            release(inner)
+    elif isinstance(store, DirectoryStore):  # a user's store is the user's to manage
+        store.release()
+
+
+def close(store: Store) -> None:
+    """A run is over: close what ``store`` holds open (it reopens on next use)."""
+    if isinstance(store, ChainStore):
+        for inner in store.stores:
+            close(inner)
+    elif isinstance(store, DirectoryStore):  # a user's store is closed by its owner
+        store.close()
 
 
 def keys_under(store: Store, prefix: str) -> list[str]:

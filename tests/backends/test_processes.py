@@ -198,6 +198,29 @@ def test_user_exception_keeps_type_and_carries_the_worker_traceback():
     assert error.__notes__[0].startswith("task 'b' failed in worker process ")
 
 
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_worker_traceback_names_this_file_and_line_for_lambdas_and_nested_functions(runner):
+    # cloudpickle >= 3.1.2 ships code as "<dynamic-code>"; the worker restores the name
+    def outer(scale):
+        def nested(x):
+            return x / scale  # the nested function's failing line
+
+        return nested
+
+    graph = taskmap.create_graph(
+        {"a": lambda: 1, "b": outer(0), "c": lambda a: {}[a]},  # the lambda's failing line
+        {"a": [], "b": ["a"], "c": ["a"]},
+    )
+    runner(graph, ncores=1)
+    lines = Path(__file__).read_text().splitlines()
+    for task, marker in [("b", "the nested function's"), ("c", "the lambda's")]:
+        line = next(i for i, text in enumerate(lines, 1) if f"# {marker} failing line" in text)
+        remote = str(graph.results[task].__cause__)
+        assert f'File "{__file__}", line {line}, in ' in remote, remote
+        assert lines[line - 1].strip() in remote
+        assert "<dynamic-code>" not in remote
+
+
 # -- values and functions ---------------------------------------------------------
 
 
@@ -616,3 +639,27 @@ def test_a_script_without_main_guard_passes_its_own_classes_to_workers(tmp_path)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=50)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "total: 6\n"
+
+
+# -- the CPython internal that keeps workers from re-running __main__ -------------
+
+
+def test_the_preparation_data_still_names_the_main_module_the_way_taskmap_strips_it():
+    # taskmap pops these keys (backends/processes.py, _main_not_rerun); if a new
+    # Python renames them, this fails here instead of workers re-running scripts
+    from multiprocessing import spawn
+
+    data = spawn.get_preparation_data("taskmap-test")
+    assert {"init_main_from_path", "init_main_from_name"} & data.keys()
+
+
+def test_a_missing_multiprocessing_internal_is_a_loud_error(monkeypatch):
+    from multiprocessing import spawn
+
+    monkeypatch.delattr(spawn, "get_preparation_data")
+    graph = taskmap.create_graph({"a": add}, {"a": []})
+    with pytest.raises(
+        RuntimeError, match=r"patching multiprocessing\.spawn\.get_preparation_data"
+    ):
+        taskmap.run_parallel_async(graph, ncores=1)
+    assert workers_left() == set()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import multiprocessing
+import operator
+import os
 import pickle
 import platform
+import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
+import taskmap
 from taskmap.checkpoint.encoders import (
     CorruptEntryError,
     JsonEncoder,
@@ -169,3 +177,56 @@ def test_pickle_encoder_stores_lambdas_and_main_classes_by_value() -> None:
 def test_json_encoder_round_trips_json_values() -> None:
     value = {"a": [1, 2.5, None, True], "é": "ü"}
     assert JsonEncoder().decode(JsonEncoder().encode(value)) == value
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("runner", [taskmap.run, taskmap.run_async, taskmap.run_parallel_async])
+def test_fifty_cached_graphs_in_one_process_leave_no_descriptor_open(
+    tmp_path: Path, runner: Callable[..., taskmap.Graph]
+) -> None:
+    # gh-issue 11: every SQLite connection is closed (Python 3.13 warns of each one
+    # collected open); a service runs graphs all day in one process
+    kept = []  # a service keeps its graphs: their stores are not collected
+
+    def graph_run(i: int) -> None:
+        graph = taskmap.create_graph(
+            {"a": functools.partial(operator.add, i, i), "b": functools.partial(operator.mul, 2)},
+            {"a": [], "b": ["a"]},
+            cache=tmp_path / f"c{i % 5}",  # new stores and reused directories alike
+        )
+        options = {"ncores": 1} if runner is taskmap.run_parallel_async else {}
+        graph = runner(graph, **options)
+        assert graph.results == {"a": 2 * i, "b": 4 * i}
+        kept.append(graph)
+
+    for i in range(3):  # warm: imports, the forkserver, loggers
+        graph_run(i)
+    gc.collect()
+    before = open_descriptors()
+    for i in range(50):
+        graph_run(i)
+    gc.collect()
+    assert open_descriptors() <= before
+
+
+def test_a_directory_store_closes_its_connections_when_released_closed_or_collected(
+    tmp_path: Path,
+) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store["k"] = b"v"
+    thread = threading.Thread(target=lambda: (store.get("k"), store.release()))
+    thread.start()
+    thread.join()
+    assert len(store._connections) == 1  # the creating thread's
+    store.close()
+    assert store._connections == []
+    assert store["k"] == b"v"  # reopens on use
+    connections = list(store._connections)
+    del store
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        connections[0].execute("SELECT 1")
