@@ -1,10 +1,10 @@
 """What .ci/run reads from pyproject.toml, so its matrix cannot drift from it.
 
-    python .ci/pyproject.py versions             the claimed CPythons, one per line
-    python .ci/pyproject.py lowest               pip constraints: each runtime
-                                                 dependency pinned to its declared floor
-    python .ci/pyproject.py check-lowest FILE    fail unless the installed versions are
-                                                 those pins (run inside the venv)
+python .ci/pyproject.py versions             the claimed CPythons, one per line
+python .ci/pyproject.py lowest               pip constraints: each runtime
+                                             dependency pinned to its declared floor
+python .ci/pyproject.py check-lowest FILE    fail unless the installed versions are
+                                             those pins (run inside the venv)
 """
 
 from __future__ import annotations

@@ -218,7 +218,12 @@ def test_a_directory_store_closes_its_connections_when_released_closed_or_collec
 ) -> None:
     store = DirectoryStore(tmp_path / "s")
     store["k"] = b"v"
-    thread = threading.Thread(target=lambda: (store.get("k"), store.release()))
+
+    def use_then_release(store: DirectoryStore) -> None:
+        store.get("k")
+        store.release()
+
+    thread = threading.Thread(target=use_then_release, args=(store,))
     thread.start()
     thread.join()
     assert len(store._connections) == 1  # the creating thread's
