@@ -53,7 +53,7 @@ from time import perf_counter
 from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
-from .backends import Backend
+from .backends import Backend, Shared, materialise
 from .backends.loop import EventLoop, timed, watch_steps
 from .backends.threads import call_in_thread, in_thread
 from .checkpoint import CacheRun
@@ -272,8 +272,8 @@ class Outcomes:
             timeline.start[tid], timeline.lane[tid], timeline.outcome[tid] = now, self.home, CACHED
         else:
             timeline.outcome[tid] = DONE
-            if self.cache is not None:
-                self.cache.stored(tid, value)
+            if self.cache is not None:  # a shared value is loaded here: no copy is made
+                self.cache.stored(tid, value.load() if type(value) is Shared else value)
         newly = self.frontier.finish(tid)
         if self.on_finished is not None:
             self.on_finished(TaskFinished(name, cached))
@@ -521,6 +521,7 @@ class AsyncDriver:
             _check_drained(self.frontier)
         except BaseException:
             await self._aabort()
+            materialise(self.graph.results)  # what finished is kept, however the run ends
             self.outcomes.end_run(interrupted=True)
             raise
         finally:
@@ -529,6 +530,7 @@ class AsyncDriver:
                 self.threads.shutdown(wait=False, cancel_futures=True)
         if self.backend is not None:
             await self.backend.aclose(cancel=False)
+        materialise(self.graph.results)
         self.outcomes.end_run()
 
     def _interrupt_inline_calls(self) -> Callable[[], None]:
@@ -646,7 +648,11 @@ class AsyncDriver:
         """Run a task in this process: on the loop, inline, or in a thread."""
         if self.outcomes.cache is not None and self._cached(tid):
             return
-        self._run_here(tid, self._args(tid))
+        args = self._args(tid)
+        for i, arg in enumerate(args):
+            if type(arg) is Shared:  # a worker's value, for the driver's own use
+                args[i] = arg.load()
+        self._run_here(tid, args)
 
     def _run_here(self, tid: int, args: list[Any]) -> None:
         outcomes, graph = self.outcomes, self.graph

@@ -8,9 +8,11 @@ a pickled tuple whose first item is its tag::
 
     driver -> worker   ("fn", fid, function bytes)          before its first use there
                        ("run", tid, fid, arguments)
+                       ("runs", tid, fid, layouts, arguments bytes)  + one fd per layout
                        ("stop",)
     worker -> driver   ("ready", pid)
                        ("ok", tid, result, start, end)     perf_counter() readings
+                       ("shm", tid, layout, start, end)    + the segment's fd
                        ("err", tid, start, end, exception bytes or None, type name,
                         message, traceback text)
                        ("unpicklable", tid, result type name, why)
@@ -33,6 +35,13 @@ Rules:
    starts fast.
 6. Tracebacks name the user's file: a code object shipped by value keeps its
    ``co_filename`` (`_CodePickler`), whatever cloudpickle version sent it.
+7. The data plane's wire: a value whose protocol-5 pickle (in-band part and
+   out-of-band buffers) is at least `SHARED_MIN` bytes is written once into a
+   memfd segment (`Shared`): the in-band bytes, then each buffer 64-byte aligned.
+   Its fd crosses the socket beside the message (SCM_RIGHTS), never its bytes.
+   A reader maps the segment privately (copy-on-write): a task may mutate its
+   input and no other reader sees it.  A memfd has no name: the kernel frees it
+   when the last fd and mapping go, however the processes end.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import ctypes
 import io
 import logging
 import logging.handlers
+import mmap
 import os
 import pickle
 import signal
@@ -52,14 +62,29 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from types import CoroutineType
 from typing import Any
 
 import cloudpickle
 
-__all__ = ["RemoteTraceback", "call_pickled", "dumps", "dumps_for_worker", "loads", "main"]
+__all__ = [
+    "SHARED_MIN",
+    "RemoteTraceback",
+    "Shared",
+    "call_pickled",
+    "dumps",
+    "dumps_for_worker",
+    "loads",
+    "main",
+    "oob_size",
+    "pickle_oob",
+    "recv_fds",
+    "run_message",
+    "send_fds",
+    "to_segment",
+]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 loads = pickle.loads
@@ -115,6 +140,148 @@ def _code_in_file(
     """Rebuild a code object shipped by `_CodePickler` with its real file name."""
     code = rebuild(*args)
     return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+#: Rule 7: from this many bytes a value crosses in a shared segment (measured by
+#: benchmarks/bench_data.py: below it a pipe is as fast and needs no segment)
+SHARED_MIN = 1 << 20
+_ALIGN = 64  # numpy's preferred alignment for the out-of-band buffers
+
+
+class Shared:
+    """A value in a memfd segment (Rule 7): the holder of one holds the segment open.
+
+    ``layout`` is ``(in-band length, ((offset, length) per buffer), total length)``.
+    `load` rebuilds the value on a private (copy-on-write) mapping: no copy is made,
+    and writes to the value stay in the loading process.  The fd is closed by
+    `close`, or when the last reference goes (the segment is freed with the last
+    fd and mapping).
+    """
+
+    __slots__ = ("fd", "layout")
+
+    def __init__(self, fd: int, layout: tuple[int, tuple[tuple[int, int], ...], int]) -> None:
+        self.fd = fd
+        self.layout = layout
+
+    @property
+    def nbytes(self) -> int:
+        return self.layout[2]
+
+    def load(self, *, populate: bool = False) -> Any:
+        if self.fd < 0:
+            raise ValueError("the shared value was released")
+        return load_segment(self.fd, self.layout, populate=populate)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Shared value of {self.nbytes:,} bytes, fd {self.fd}>"
+
+
+def pickle_oob(value: object) -> tuple[bytes, list[memoryview]] | None:
+    """Pickle protocol 5 with the large buffers out of band; None if plain pickle
+    cannot (the caller's cloudpickle path takes it in band)."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        head = pickle.dumps(value, 5, buffer_callback=buffers.append)
+        return head, [buffer.raw() for buffer in buffers]
+    except Exception:  # unpicklable by plain pickle, or a non-contiguous buffer
+        return None
+
+
+def oob_size(packed: tuple[bytes, list[memoryview]]) -> int:
+    return len(packed[0]) + sum(raw.nbytes for raw in packed[1])
+
+
+def to_segment(head: bytes, raws: list[memoryview]) -> Shared:
+    """Write a protocol-5 pickle into a new memfd (one copy, no page faults here:
+    the kernel copies) and return it as a `Shared`."""
+    fd = os.memfd_create("taskmap-value", os.MFD_CLOEXEC)
+    try:
+        _write_all(fd, memoryview(head), 0)
+        position, spans = len(head), []
+        for raw in raws:
+            position = -(-position // _ALIGN) * _ALIGN
+            _write_all(fd, raw, position)
+            spans.append((position, raw.nbytes))
+            position += raw.nbytes
+        os.ftruncate(fd, max(position, 1))
+    except BaseException:
+        os.close(fd)
+        raise
+    return Shared(fd, (len(head), tuple(spans), max(position, 1)))
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    while data.nbytes:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+def load_segment(
+    fd: int, layout: tuple[int, tuple[tuple[int, int], ...], int], *, populate: bool = False
+) -> Any:
+    """The value in a segment, on a private copy-on-write mapping of it."""
+    head, spans, total = layout
+    flags = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    view = memoryview(mmap.mmap(fd, total, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE))
+    return pickle.loads(view[:head], buffers=[view[o : o + n] for o, n in spans])
+
+
+class _Slot:
+    """Stands in a "runs" message for the argument in segment ``index``."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Slot, (self.index,))
+
+
+def run_message(tid: int, fid: int, args: Sequence[Any]) -> tuple[bytes, list[Shared]]:
+    """The "run" message for a task, and the segments whose fds must follow it."""
+    shared = [a for a in args if type(a) is Shared]
+    if not shared:
+        return dumps_for_worker(("run", tid, fid, tuple(args))), []
+    index, placed = 0, []
+    for arg in args:
+        if type(arg) is Shared:
+            placed.append(_Slot(index))
+            index += 1
+        else:
+            placed.append(arg)
+    blob = dumps_for_worker(tuple(placed))
+    layouts = [s.layout for s in shared]
+    return dumps(("runs", tid, fid, layouts, blob)), shared
+
+
+def send_fds(sock: socket.socket, fds: Sequence[int]) -> None:
+    """Send fds beside the byte stream (after the message that announces them)."""
+    socket.send_fds(sock, [b"F"], list(fds))
+
+
+def recv_fds(sock: socket.socket, count: int) -> list[int]:
+    fds: list[int] = []
+    while len(fds) < count:
+        data, received, _, _ = socket.recv_fds(sock, 1, count - len(fds))
+        if not data:
+            for fd in received:
+                os.close(fd)
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("the peer closed the socket while sending fds")
+        fds.extend(received)
+    return fds
 
 
 class RemoteTraceback(Exception):
@@ -175,13 +342,16 @@ def main(
     threading.Thread(target=_watchdog, args=(alive,), daemon=True).start()
 
     lock = threading.Lock()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
 
     def send(message: tuple[Any, ...]) -> None:
         send_blob(dumps(message))
 
-    def send_blob(blob: bytes) -> None:
+    def send_blob(blob: bytes, fds: Sequence[int] = ()) -> None:
         with lock:  # task threads may print or log too
             conn.send_bytes(blob)
+            if fds:
+                send_fds(sock, fds)
 
     _route_logging(send, log_levels)
     sys.stdout = _PipeWriter(send, 1)
@@ -208,9 +378,17 @@ def main(
                 except Exception as exc:  # raised by each task that uses it
                     functions[message[1]] = exc
                 continue
-            _, tid, fid, args = message
+            segments: list[Shared] = []
+            if message[0] == "runs":  # Rule 7: the fds of its segments follow it
+                _, tid, fid, layouts, blob = message
+                fds = recv_fds(sock, len(layouts))
+                segments = [Shared(fd, layout) for fd, layout in zip(fds, layouts, strict=True)]
+            else:
+                _, tid, fid, args = message
             started = time.perf_counter()
             try:
+                if segments:
+                    args = _fill_slots(loads(blob), segments)
                 func = functions[fid]
                 if isinstance(func, Exception):
                     raise func
@@ -226,17 +404,49 @@ def main(
                     value = runner.run(value)
             except BaseException as exc:
                 reply: bytes = dumps(_error_reply(tid, exc, started))
+                segment = None
             else:
-                try:  # one pickle for the message and the value: no copy of a large value
-                    reply = dumps(("ok", tid, value, started, time.perf_counter()))
-                except Exception as exc:
-                    reply = dumps(("unpicklable", tid, type(value).__qualname__, str(exc)))
+                reply, segment = _result_reply(tid, value, started)
+            finally:
+                for shared in segments:  # mapped (or never used): the fds can go
+                    shared.close()
+                args = value = None  # a large input or result is freed before the next task
             sys.stdout.flush()
             sys.stderr.flush()
-            send_blob(reply)
+            if segment is None:
+                send_blob(reply)
+            else:
+                send_blob(reply, [segment.fd])
+                segment.close()
     finally:
         if runner is not None:
             runner.close()
+
+
+def _fill_slots(args: tuple[Any, ...], segments: list[Shared]) -> tuple[Any, ...]:
+    """The arguments of a "runs" message, each `_Slot` loaded from its segment."""
+    return tuple(
+        segments[a.index].load(populate=True) if type(a) is _Slot else a for a in args
+    )
+
+
+def _result_reply(tid: int, value: Any, started: float) -> tuple[bytes, Shared | None]:
+    """The reply for a task's value: in the message, or (Rule 7) in a new segment."""
+    packed = pickle_oob(value)
+    if packed is not None and oob_size(packed) >= SHARED_MIN:
+        try:
+            segment = to_segment(*packed)
+        except OSError:  # no memfd here, or no room: the pipe still works
+            pass
+        else:
+            del packed
+            layout = segment.layout
+            return dumps(("shm", tid, layout, started, time.perf_counter())), segment
+    del packed
+    try:  # one pickle for the message and the value: no copy of a large value
+        return dumps(("ok", tid, value, started, time.perf_counter())), None
+    except Exception as exc:
+        return dumps(("unpicklable", tid, type(value).__qualname__, str(exc))), None
 
 
 def _error_reply(tid: int, exc: BaseException, started: float) -> tuple[Any, ...]:

@@ -7,6 +7,13 @@ placements are a few lines each in `taskmap.driver`, with what they share here:
 `threads` (a timed plain function in a daemon thread).  A CPU backend takes the
 rest: the built-in pool of worker processes (`processes.ProcessPool`) or any
 `concurrent.futures.Executor` (`executor.ExecutorBackend`, the door to Dask).
+
+The data plane: a large value a worker makes stays in a shared segment, and the
+driver holds a `Shared` handle to it (its fd), not the value; CPU tasks that
+consume it map the segment themselves.  The driver turns a handle into the value
+only for its own use (`Shared.load`: io tasks, the cache) and at the end of the
+run (`materialise`: ``graph.results``); a handle dropped (``drop_results``) frees
+the segment once no worker maps it.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Backend"]
+from ..worker import Shared as Shared
+
+__all__ = ["Backend", "Shared", "materialise"]
 
 
 class Backend(Protocol):
@@ -63,3 +72,15 @@ class Backend(Protocol):
         Idempotent; no process or thread it started outlives it.
         """
         ...
+
+
+def materialise(results: dict[Any, Any]) -> None:
+    """Turn each `Shared` value in ``results`` into the value, and close its segment.
+
+    The value lives on a private mapping of the segment: no copy is made here, the
+    pages are shared with the workers' until written, and freed with the value.
+    """
+    for name, value in results.items():
+        if type(value) is Shared:
+            results[name] = value.load()
+            value.close()

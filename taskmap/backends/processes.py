@@ -51,6 +51,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -64,7 +65,18 @@ from typing import Any
 
 from .. import worker as worker_module
 from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
-from ..worker import RemoteTraceback, dumps, loads
+from ..worker import (
+    SHARED_MIN,
+    RemoteTraceback,
+    Shared,
+    dumps,
+    loads,
+    oob_size,
+    pickle_oob,
+    recv_fds,
+    send_fds,
+    to_segment,
+)
 
 __all__ = ["ProcessPool", "get_context"]
 
@@ -86,6 +98,7 @@ class PoolState(enum.Enum):
 class _Worker:
     process: BaseProcess
     conn: Connection
+    sock: socket.socket  # the same socket as ``conn``, for the fds of shared values
     alive: Connection  # the driver's end of the watchdog pipe; never written
     slot: int  # its number, 1..n: its lane is worker-<slot>; a replacement takes it over
     pid: int | None = None
@@ -102,6 +115,7 @@ class _Job:
     fn_blob: bytes
     message: bytes  # the pickled "run" message, arguments included
     future: asyncio.Future[Any]
+    shared: list[Shared]  # segments of its arguments: their fds follow the message
     timeout: float | None = None
     timer: asyncio.TimerHandle | None = None  # armed when it starts, with a timeout
     expired: bool = False  # it ran past its timeout: its worker is being killed
@@ -157,6 +171,8 @@ class ProcessPool:
         self.env = _thread_limits(n)
         #: task id -> (lane, start, end) of its last attempt, until the driver takes it
         self.spans: dict[int, tuple[str, float, float]] = {}
+        #: id -> (value, its segment): large values of the driver's, written once a run
+        self.exported: dict[int, tuple[Any, Shared]] = {}
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -185,7 +201,8 @@ class ProcessPool:
             process.start()
         child_conn.close()
         alive_r.close()
-        worker = _Worker(process, conn, alive_w, slot, pid=process.pid)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
+        worker = _Worker(process, conn, sock, alive_w, slot, pid=process.pid)
         self.workers.append(worker)
         self._drain_backlog()
         self.loop.add_reader(conn.fileno(), self._guarded, self._on_readable, worker)
@@ -199,6 +216,7 @@ class ProcessPool:
         if self.state is PoolState.CLOSED:
             return
         self.state = PoolState.CLOSED
+        self._release_exported()
         workers, self.workers = self.workers, []
         for w in workers:
             self._unwatch(w)
@@ -216,20 +234,24 @@ class ProcessPool:
             if w.process.exitcode is None:
                 _signal(w.process, "kill")
                 w.process.join(2.0)
-            w.conn.close()
-            w.alive.close()
+            _close(w)
 
     def close_now(self) -> None:
         """Kill every worker without waiting on the loop (a last resort from ``finally``)."""
         if self.state is PoolState.CLOSED:
             return
         self.state = PoolState.CLOSED
+        self._release_exported()
         for w in self.workers:
             _signal(w.process, "kill")
             w.process.join(2.0)
-            w.conn.close()
-            w.alive.close()
+            _close(w)
         self.workers = []
+
+    def _release_exported(self) -> None:
+        exported, self.exported = self.exported, {}
+        for _, shared in exported.values():
+            shared.close()
 
     # -- tasks --------------------------------------------------------------
 
@@ -260,14 +282,33 @@ class ProcessPool:
         fid, fn_blob = self._function(task, func)
         try:
             # cloudpickle: instances of classes from the user's __main__, which is not
-            # re-run in workers, cross by value
-            message = worker_module.dumps_for_worker(("run", tid, fid, tuple(args)))
+            # re-run in workers, cross by value.  Large values cross as segments.
+            message, shared = worker_module.run_message(tid, fid, self._share(args))
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
-        job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future(), timeout)
+        job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future(), shared, timeout)
         if not self._dispatch(job):
             self.backlog.append(job)
         return job.future
+
+    def _share(self, args: Sequence[Any]) -> list[Any]:
+        """The arguments, each large value the driver holds (an io task's result, a
+        ``results=`` entry) written once into a segment that every worker maps."""
+        if not args:
+            return []
+        out = []
+        for arg in args:
+            if type(arg) is not Shared and not _small(arg):
+                entry = self.exported.get(id(arg))
+                if entry is None or entry[0] is not arg:
+                    packed = pickle_oob(arg)
+                    if packed is None or oob_size(packed) < SHARED_MIN:
+                        out.append(arg)
+                        continue
+                    entry = self.exported[id(arg)] = (arg, to_segment(*packed))
+                arg = entry[1]
+            out.append(arg)
+        return out
 
     def _dispatch(self, job: _Job) -> bool:
         """Send a job to the least busy worker with room; False if none has room."""
@@ -284,6 +325,9 @@ class ProcessPool:
                 if job.fid not in worker.known:
                     worker.conn.send_bytes(dumps(("fn", job.fid, job.fn_blob)))
                 worker.conn.send_bytes(job.message)
+                if job.shared:
+                    send_fds(worker.sock, [s.fd for s in job.shared])
+                    job.shared = []  # the worker holds them now
             except OSError:  # died just now; its sentinel will replace it
                 continue
             worker.known.add(job.fid)
@@ -343,6 +387,9 @@ class ProcessPool:
             message = loads(raw)
         except Exception as exc:  # a result this process cannot rebuild
             message = ("unreadable", f"{type(exc).__qualname__}: {exc}")
+        if message[0] == "shm":  # its segment's fd follows it on the socket
+            (fd,) = recv_fds(worker.sock, 1)
+            message = ("ok", message[1], Shared(fd, message[2]), *message[3:])
         self._handle(worker, message)
         return True
 
@@ -409,8 +456,7 @@ class ProcessPool:
             # jobs queued behind it never started: they go to the next worker
             self.backlog.extendleft(reversed(worker.jobs))
             worker.jobs.clear()
-        worker.conn.close()
-        worker.alive.close()
+        _close(worker)
         if self.state is PoolState.RUNNING:
             self._spawn(worker.slot)
 
@@ -437,6 +483,23 @@ class ProcessPool:
         for fd in (worker.conn, worker.process.sentinel):
             with contextlib.suppress(OSError, ValueError):
                 self.loop.remove_reader(fd if isinstance(fd, int) else fd.fileno())
+
+
+def _close(worker: _Worker) -> None:
+    worker.conn.close()
+    worker.sock.close()
+    worker.alive.close()
+
+
+_SMALL_TYPES = (int, float, bool, str, type(None), complex)
+
+
+def _small(value: object) -> bool:
+    """Certainly below `SHARED_MIN` without pickling it (the common tiny argument)."""
+    kind = type(value)
+    if kind in _SMALL_TYPES:
+        return kind is not str or len(value) < SHARED_MIN // 4  # type: ignore[arg-type]
+    return kind is bytes and len(value) < SHARED_MIN  # type: ignore[arg-type]
 
 
 def _fits_in_pipe(job: _Job, worker: _Worker) -> bool:
