@@ -162,19 +162,28 @@ def workload(kind: str, size: int) -> tuple[Funcs, Deps]:
 
 
 def _status(pid: int) -> tuple[int, int]:
-    """``(VmRSS, RssShmem)`` of a process in bytes; zeros once it is gone (or a zombie)."""
+    """``(RssAnon + RssFile, RssShmem)`` of a process in bytes; zeros once it is gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             text = f.read()
     except OSError:
         return 0, 0
-    rss = shmem = 0
+    private = shmem = 0
     for line in text.splitlines():
-        if line.startswith(b"VmRSS:"):
-            rss = int(line.split()[1]) * 1024
+        if line.startswith((b"RssAnon:", b"RssFile:")):
+            private += int(line.split()[1]) * 1024
         elif line.startswith(b"RssShmem:"):
             shmem = int(line.split()[1]) * 1024
-    return rss, shmem
+    return private, shmem
+
+
+def _system_shmem() -> int:
+    """The machine's shared memory in bytes (tmpfs, /dev/shm, memfd): ``Shmem`` of meminfo."""
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"Shmem:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def _parent_of(pid: int) -> int:
@@ -187,16 +196,23 @@ def _parent_of(pid: int) -> int:
 
 
 class TreeMemory:
-    """Sample the RSS summed over this process and its descendants; keep the peak.
+    """Sample the memory of this process and its descendants; keep the peak.
 
-    A daemon thread samples every `SAMPLE` seconds while the ``with`` block runs.  The
-    kernel here may lack ``/proc/<pid>/task/<tid>/children``, so descendants are found
-    by parent pid, from ``/proc/<pid>/stat``, read once per new process.
+    A sample is the private resident memory (``RssAnon + RssFile``) summed over the
+    processes, plus what the machine's shared memory (``Shmem``) grew since the start:
+    a segment counts once, however many processes map it, and even when none has it
+    mapped (a memfd only held open).  ``VmRSS`` alone would count a shared page once
+    per process that touched it, and a segment no live process touched not at all;
+    its peak sum is kept too (``rss``), for reference.  A daemon thread samples every
+    `SAMPLE` seconds while the ``with`` block runs.  Descendants are found by parent
+    pid, from ``/proc/<pid>/stat`` read once per new process (this kernel may lack
+    ``/proc/<pid>/task/<tid>/children``).
     """
 
     def __init__(self) -> None:
-        self.peak = self.shmem = self.start = 0
+        self.peak = self.shmem = self.rss = self.start = 0
         self._root = os.getpid()
+        self._shmem_start = _system_shmem()
         self._parents: dict[int, int] = {}  # pid -> parent pid, of every process seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="memory sampler", daemon=True)
@@ -231,12 +247,14 @@ class TreeMemory:
         return tree
 
     def sample(self) -> None:
-        rss = shmem = 0
+        private = rss = 0
         for pid in self._tree():
-            r, s = _status(pid)
-            rss, shmem = rss + r, shmem + s
-        if rss > self.peak:
-            self.peak, self.shmem = rss, shmem
+            p, s = _status(pid)
+            private, rss = private + p, rss + p + s
+        shared = max(0, _system_shmem() - self._shmem_start)
+        if private + shared > self.peak:
+            self.peak, self.shmem = private + shared, shared
+        self.rss = max(self.rss, rss)
 
 
 # -- the child: one figure in a fresh process ---------------------------------------
@@ -342,6 +360,7 @@ def child(runner: str, kind: str, size: int, spawned: float | None) -> dict[str,
         "total": end - spawned if spawned is not None else None,
         "peak": memory.peak,
         "shmem": memory.shmem,
+        "rss": memory.rss,
         "start_rss": memory.start,
     }
     if runner == FLOOR:
@@ -366,10 +385,10 @@ class Figure:
     def median(self, key: str) -> float:
         return median([run[key] for run in self.runs])
 
-    def peak(self) -> tuple[int, int]:
-        """``(peak RSS sum, its shared part)`` of the run with the highest peak."""
+    def peak(self) -> tuple[int, int, int]:
+        """``(peak, its shared part, peak VmRSS sum)`` of the run with the highest peak."""
         top = max(self.runs, key=lambda run: int(run["peak"]))
-        return top["peak"], top["shmem"]
+        return top["peak"], top["shmem"], top["rss"]
 
 
 Row = dict[str, Figure]  # runner -> figure, at one size
@@ -422,12 +441,13 @@ def bench_kind(
                 continue
             seconds = figure.median("makespan")
             last[runner] = (size, seconds)
-            peak, shmem = figure.peak()
+            peak, shmem, rss = figure.peak()
             total = figure.median("total")
             print(
                 f"{head} makespan {fmt_seconds(seconds):>9} {seconds / floor:6.2f}x floor,"
-                f" total {fmt_seconds(total):>9}, peak {fmt_bytes(peak):>9}"
-                f" ({fmt_bytes(shmem)} shared), {len(figure.runs)} run(s)",
+                f" total {fmt_seconds(total):>9}, peak {fmt_bytes(peak):>8}"
+                f" ({fmt_bytes(shmem)} shared; VmRSS sum {fmt_bytes(rss)}),"
+                f" {len(figure.runs)} run(s)",
                 flush=True,
             )
         rows[size] = row
@@ -447,7 +467,7 @@ def cell(figure: Figure, floor: float) -> str:
 def memory_cell(figure: Figure, floor_peak: int) -> str:
     if figure.skipped:
         return "-"
-    peak, _ = figure.peak()
+    peak = figure.peak()[0]
     return f"{fmt_bytes(peak)} ({peak / floor_peak:.1f}x)"
 
 
@@ -460,19 +480,19 @@ def table(kind: str, rows: dict[int, Row], runners: Sequence[str]) -> None:
     print("| --- |" + " ---: |" * (len(heads) - 2) + " --- |")
     for size, row in rows.items():
         base = row[FLOOR]
-        floor, (floor_peak, _) = base.median("makespan"), base.peak()
+        floor, floor_peak = base.median("makespan"), base.peak()[0]
         if kind == "dicts":
             size_cell = f"{size:,} dicts ({fmt_bytes(int(base.median('pickled')))} pickled)"
             memcpy = "-"
         else:
-            size_cell, memcpy = f"{size} MB", f"{base.median('memcpy') * 1e3:.1f} ms"
+            size_cell, memcpy = f"{size} MB", fmt_seconds(base.median("memcpy"))
         tm = row[TM]
         if tm.skipped:
             hop = total = peak = "-"
         else:
             hop = f"{(tm.median('makespan') - floor) / HOPS * 1e3:.0f} ms"
             total = fmt_seconds(tm.median("total"))
-            top, _ = tm.peak()
+            top = tm.peak()[0]
             peak = f"{fmt_bytes(top)} / {fmt_bytes(floor_peak)} ({top / floor_peak:.1f}x)"
         cells = [size_cell, fmt_seconds(floor), memcpy, cell(tm, floor), hop, total]
         cells += [cell(row[r], floor) for r in others] + [peak]
@@ -481,7 +501,7 @@ def table(kind: str, rows: dict[int, Row], runners: Sequence[str]) -> None:
     print("| size | " + " | ".join(LABELS[r] for r in runners) + " |")
     print("| --- |" + " ---: |" * len(runners))
     for size, row in rows.items():
-        floor_peak, _ = row[FLOOR].peak()
+        floor_peak = row[FLOOR].peak()[0]
         cells = [memory_cell(row[r], floor_peak) for r in runners]
         print(f"| {size_label(kind, size)} | " + " | ".join(cells) + " |")
 

@@ -383,12 +383,19 @@ def main(
                 _, tid, fid, layouts, blob = message
                 fds = recv_fds(sock, len(layouts))
                 segments = [Shared(fd, layout) for fd, layout in zip(fds, layouts, strict=True)]
+                try:
+                    args = loads(blob)
+                except Exception as exc:  # arguments this process cannot rebuild
+                    for shared in segments:
+                        shared.close()
+                    send(("badinput", f"{type(exc).__qualname__}: {exc}"))
+                    continue
             else:
                 _, tid, fid, args = message
             started = time.perf_counter()
             try:
                 if segments:
-                    args = _fill_slots(loads(blob), segments)
+                    args = _fill_slots(args, segments)
                 func = functions[fid]
                 if isinstance(func, Exception):
                     raise func

@@ -1,0 +1,262 @@
+"""The data plane: large values cross between processes in shared memfd segments.
+
+Values arrive intact, a task that mutates its input leaves every other reader's
+value unchanged (copy-on-write), and no segment outlives a run however it ends
+(normally, a worker crash, Ctrl-C, the driver SIGKILLed).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import taskmap
+from taskmap import WorkerCrashedError
+from taskmap.worker import SHARED_MIN
+from tests.procs import still_alive, wait_until, workers_left
+
+PARALLEL = [taskmap.run_parallel, taskmap.run_parallel_async]
+N = 2 * SHARED_MIN // 8  # float64 elements: twice the threshold
+MEMFD = "memfd:taskmap-value"
+
+
+def segments_held(pid: int | str = "self") -> tuple[int, int]:
+    """(open fds, mappings) of data-plane segments in process ``pid``."""
+    fds = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(MEMFD)
+        except OSError:
+            continue
+    maps = Path(f"/proc/{pid}/maps").read_text().count(MEMFD)
+    return fds, maps
+
+
+def segments_anywhere() -> int:
+    """Data-plane segments held by any process (their memory is freed at zero)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                total += sum(segments_held(entry))
+            except OSError:
+                continue
+    return total
+
+
+def shm_names() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def array(i: int, n: int = N) -> np.ndarray:
+    return np.arange(n, dtype=np.float64) + i
+
+
+def scale(x: np.ndarray) -> np.ndarray:
+    return x * 2.0
+
+
+def mutate(x: np.ndarray) -> float:
+    x[:] = -1.0  # in place, as Python allows
+    return float(x.sum())
+
+
+def total(*xs: object) -> float:
+    return float(sum(float(np.asarray(x).sum()) for x in xs))
+
+
+def backed_by_a_segment(x: np.ndarray) -> bool:
+    base: object = x
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+
+def where(x: np.ndarray) -> tuple[bool, int]:
+    return backed_by_a_segment(x), os.getpid()
+
+
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"a": np.arange(n, dtype=np.float64), "b": np.ones(n), "c": "x"})
+
+
+def records(n: int) -> list[dict[str, float]]:
+    return [{"i": i, "v": i / 2} for i in range(n)]
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_large_values_of_every_kind_arrive_intact_along_chains(runner):
+    funcs = {
+        "a": functools.partial(array, 1),
+        "a2": scale,
+        "f": functools.partial(frame, 200_000),
+        "f2": lambda df: df.assign(a=df.a * 2),
+        "r": functools.partial(records, 60_000),
+        "r2": lambda rs: [{**r, "v": r["v"] * 2} for r in rs],
+        "b": lambda: bytearray(b"z" * (3 * SHARED_MIN)),
+        "b2": lambda b: bytes(b[::-1]).count(b"z"),
+    }
+    deps = {"a": [], "a2": ["a"], "f": [], "f2": ["f"], "r": [], "r2": ["r"], "b": [], "b2": ["b"]}
+    graph = runner(taskmap.create_graph(funcs, deps), ncores=2)
+    np.testing.assert_array_equal(graph.results["a"], array(1))
+    np.testing.assert_array_equal(graph.results["a2"], array(1) * 2)
+    pd.testing.assert_frame_equal(graph.results["f"], frame(200_000))
+    pd.testing.assert_frame_equal(graph.results["f2"], frame(200_000).assign(a=lambda d: d.a * 2))
+    assert graph.results["r"] == records(60_000)
+    assert graph.results["r2"][-1] == {"i": 59_999, "v": 59_999.0}
+    assert graph.results["b"] == bytearray(b"z" * (3 * SHARED_MIN))
+    assert graph.results["b2"] == 3 * SHARED_MIN
+
+
+def test_a_large_input_is_mapped_from_a_segment_and_a_small_one_is_not():
+    graph = taskmap.create_graph(
+        {
+            "big": functools.partial(array, 0),
+            "small": functools.partial(array, 0, 1000),
+            "on_big": where,
+            "on_small": where,
+        },
+        {"big": [], "small": [], "on_big": ["big"], "on_small": ["small"]},
+    )
+    taskmap.run_parallel_async(graph, ncores=2)
+    assert graph.results["on_big"][0] is True
+    assert graph.results["on_small"][0] is False
+    assert graph.results["on_big"][1] != os.getpid()
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_a_task_that_mutates_its_input_leaves_every_other_reader_s_value_unchanged(runner):
+    # siblings on either worker, an io task on the driver, and graph.results
+    async def read_on_the_driver(x: np.ndarray) -> float:
+        return float(x[0])
+
+    funcs = {"src": functools.partial(array, 5)}
+    funcs |= {f"mutate{i}": mutate for i in range(4)}
+    funcs |= {f"read{i}": total for i in range(4)}
+    funcs["io"] = read_on_the_driver
+    deps = {"src": []} | {t: ["src"] for t in funcs if t != "src"}
+    graph = runner(taskmap.create_graph(funcs, deps, io_bound=["io"]), ncores=2)
+    expected = float(array(5).sum())
+    assert [graph.results[f"mutate{i}"] for i in range(4)] == [-float(N)] * 4
+    assert [graph.results[f"read{i}"] for i in range(4)] == [expected] * 4
+    assert graph.results["io"] == 5.0
+    np.testing.assert_array_equal(graph.results["src"], array(5))
+
+
+def test_a_large_value_made_on_the_driver_crosses_once_and_stays_unchanged():
+    async def fetch() -> np.ndarray:  # an io task's result, on the driver
+        return array(3)
+
+    funcs = {"fetch": fetch, "m0": mutate, "m1": mutate, "read": total, "on": where}
+    deps = {"fetch": [], "m0": ["fetch"], "m1": ["fetch"], "read": ["fetch"], "on": ["fetch"]}
+    graph = taskmap.run_parallel_async(
+        taskmap.create_graph(funcs, deps, io_bound=["fetch"]), ncores=2
+    )
+    assert graph.results["m0"] == graph.results["m1"] == -float(N)
+    assert graph.results["read"] == float(array(3).sum())
+    assert graph.results["on"][0] is True
+    np.testing.assert_array_equal(graph.results["fetch"], array(3))
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_a_run_leaves_no_segment_behind_once_its_results_go(drop):
+    before = shm_names()
+    funcs = {"a": functools.partial(array, 1), "b": scale, "c": scale, "d": total}
+    deps = {"a": [], "b": ["a"], "c": ["b"], "d": ["c"]}
+    graph = taskmap.run_parallel_async(
+        taskmap.create_graph(funcs, deps), ncores=2, drop_results=drop
+    )
+    assert graph.results["d"] == float((array(1) * 4).sum())
+    assert segments_held()[0] == 0  # results are mapped, their fds closed
+    assert set(graph.results) == ({"d"} if drop else {"a", "b", "c", "d"})
+    del graph
+    gc.collect()
+    assert segments_held() == (0, 0)
+    assert workers_left() == set()
+    assert shm_names() == before  # memfds have no name in /dev/shm
+
+
+def crash_on(x: np.ndarray) -> None:
+    os._exit(3)
+
+
+def test_a_worker_that_dies_holding_a_segment_leaks_nothing():
+    funcs = {"a": functools.partial(array, 1), "crash": crash_on, "fine": total}
+    deps = {"a": [], "crash": ["a"], "fine": ["a"]}
+    graph = taskmap.run_parallel_async(taskmap.create_graph(funcs, deps), ncores=2)
+    assert isinstance(graph.results["crash"], WorkerCrashedError)
+    assert graph.results["fine"] == float(array(1).sum())
+    del graph
+    gc.collect()
+    assert segments_held() == (0, 0)
+    assert wait_until(lambda: segments_anywhere() == 0, 10)
+
+
+DRIVER = textwrap.dedent(
+    """
+    import functools, os, sys, time
+    import numpy as np
+    import taskmap
+
+    def make(i):
+        return np.full(400_000, float(i))
+
+    def hold(path, x):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(120)
+
+    if __name__ == "__main__":
+        path = sys.argv[1]
+        funcs = {f"make{i}": functools.partial(make, i) for i in range(2)}
+        funcs |= {f"hold{i}": functools.partial(hold, path) for i in range(2)}
+        deps = {"make0": [], "make1": [], "hold0": ["make0"], "hold1": ["make1"]}
+        graph = taskmap.create_graph(funcs, deps)
+        try:
+            taskmap.run_parallel_async(graph, ncores=2)
+        except KeyboardInterrupt:
+            kept = [type(graph.results[f"make{i}"]).__name__ for i in range(2)]
+            print("kept", *kept, flush=True)
+            raise
+    """
+)
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_no_segment_outlives_a_driver_interrupted_or_killed(tmp_path, how):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    pids = tmp_path / "pids"
+    before = shm_names()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pids)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: pids.exists() and pids.read_text().count("\n") >= 2, 30)
+        workers = {int(p) for p in pids.read_text().split()}
+        assert all(sum(segments_held(pid)) > 0 for pid in workers)  # each maps its input
+        proc.send_signal(how)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    if how == signal.SIGINT:
+        assert "kept ndarray ndarray" in out  # finished values reached graph.results
+    assert wait_until(lambda: not still_alive(workers), 10), still_alive(workers)
+    assert wait_until(lambda: segments_anywhere() == 0, 10)
+    assert shm_names() == before
