@@ -432,9 +432,7 @@ def main(
 
 def _fill_slots(args: tuple[Any, ...], segments: list[Shared]) -> tuple[Any, ...]:
     """The arguments of a "runs" message, each `_Slot` loaded from its segment."""
-    return tuple(
-        segments[a.index].load(populate=True) if type(a) is _Slot else a for a in args
-    )
+    return tuple(segments[a.index].load(populate=True) if type(a) is _Slot else a for a in args)
 
 
 def _result_reply(tid: int, value: Any, started: float) -> tuple[bytes, Shared | None]:
