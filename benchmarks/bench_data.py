@@ -21,10 +21,14 @@ SIZE``, which prints JSON.  Its *makespan* is timed with ``time.perf_counter`` a
 ``create_graph`` + the runner (the workers start and stop inside it, as they do for a
 user); its *total* runs from the parent's spawn to the end of the run (interpreter
 start and imports added; clock ``time.monotonic``, shared by the processes).  A thread
-of the child samples, every 5 ms, the resident memory (``VmRSS``) of the child and of
-all its descendants (found by parent pid in ``/proc``: the fork server, the workers)
-and keeps the highest sum.  A page mapped by several processes (shared memory) counts
-once per process; the shared part of that peak (``RssShmem``) is printed beside it.
+of the child samples memory every 5 ms and keeps the peak: the private resident memory
+(``RssAnon + RssFile``) of the child and all its descendants (found by parent pid in
+``/proc``: the fork server, the workers), plus the growth of the machine's shared
+memory (``Shmem`` in ``/proc/meminfo``: memfd segments count once, mapped or not; on a
+busy machine another process's shared memory counts too).  The plain ``VmRSS`` sum is
+printed beside it (it counts a shared page once per process that touched it).  Both
+taskmap runners keep every result in ``graph.results`` (20 values: the default), where
+the floor holds a chain's last value only and Dask the values still to be consumed.
 
 Runners (RUNNER): ``taskmap`` (`run_parallel_async`, 2 workers), ``run_async`` (one
 process, no copy), ``dask`` (``dask.multiprocessing.get``, 2 workers, on the same
