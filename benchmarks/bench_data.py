@@ -461,11 +461,12 @@ def bench_kind(
 # -- the report -----------------------------------------------------------------------
 
 
-def cell(figure: Figure, floor: float) -> str:
+def cell(figure: Figure, floor: float, repeat: int) -> str:
     if figure.skipped:
         return figure.skipped
     seconds = figure.median("makespan")
-    return f"{fmt_seconds(seconds)} ({seconds / floor:.2f}x){'¹' if len(figure.runs) == 1 else ''}"
+    mark = "¹" if len(figure.runs) < repeat else ""
+    return f"{fmt_seconds(seconds)} ({seconds / floor:.2f}x){mark}"
 
 
 def memory_cell(figure: Figure, floor_peak: int) -> str:
@@ -475,9 +476,10 @@ def memory_cell(figure: Figure, floor_peak: int) -> str:
     return f"{fmt_bytes(peak)} ({peak / floor_peak:.1f}x)"
 
 
-def table(kind: str, rows: dict[int, Row], runners: Sequence[str]) -> None:
+def table(kind: str, rows: dict[int, Row], runners: Sequence[str], repeat: int) -> None:
     others = [r for r in runners if r not in (FLOOR, TM)]
-    print(f"\n{kind}, makespan (ratio to the floor); median of the runs, ¹ one run\n")
+    once = f" (¹ one run: the first took over {SLOW:g} s)" if repeat > 1 else ""
+    print(f"\n{kind}, makespan (ratio to the floor), median of {repeat}{once}\n")
     heads = ["size", "floor", "memcpy", LABELS[TM], "per hop", "total, fresh process"]
     heads += [LABELS[r] for r in others] + ["peak memory, taskmap / floor"]
     print("| " + " | ".join(heads) + " |")
@@ -498,8 +500,8 @@ def table(kind: str, rows: dict[int, Row], runners: Sequence[str]) -> None:
             total = fmt_seconds(tm.median("total"))
             top = tm.peak()[0]
             peak = f"{fmt_bytes(top)} / {fmt_bytes(floor_peak)} ({top / floor_peak:.1f}x)"
-        cells = [size_cell, fmt_seconds(floor), memcpy, cell(tm, floor), hop, total]
-        cells += [cell(row[r], floor) for r in others] + [peak]
+        cells = [size_cell, fmt_seconds(floor), memcpy, cell(tm, floor, repeat), hop, total]
+        cells += [cell(row[r], floor, repeat) for r in others] + [peak]
         print("| " + " | ".join(cells) + " |")
     print(f"\n{kind}, peak memory summed over the process and its workers (ratio to the floor)\n")
     print("| size | " + " | ".join(LABELS[r] for r in runners) + " |")
@@ -615,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"\nmarkdown ({machine()}, {WORKERS} workers; per hop = (makespan - floor) / {HOPS})")
     for kind, rows in results.items():
-        table(kind, rows, runners)
+        table(kind, rows, runners, repeat)
     goals(results)
     return 0
 

@@ -258,10 +258,11 @@ class Outcomes:
             cache.prefetch([tid, *self.frontier.ready()])
         return cache.lookup(tid)
 
-    def succeeded(self, tid: int, value: Any, *, cached: bool = False) -> None:
+    def succeeded(self, tid: int, value: Any, *, cached: bool = False, encoded: Any = None) -> None:
         """Store a RUNNING task's value and queue the tasks it made ready.
 
         ``cached``: the value came from the cache instead (the task was popped, not run).
+        ``encoded``: its cache digest and entry, made by its worker (or None).
         """
         name = self.names[tid]
         self.graph.results[name] = value
@@ -272,7 +273,11 @@ class Outcomes:
             timeline.start[tid], timeline.lane[tid], timeline.outcome[tid] = now, self.home, CACHED
         else:
             timeline.outcome[tid] = DONE
-            if self.cache is not None:  # a shared value is loaded here: no copy is made
+            if self.cache is None:
+                pass
+            elif encoded is not None:  # digested and encoded by its worker
+                self.cache.stored(tid, value, encoded)
+            else:  # a shared value is loaded here (no copy is made) and encoded
                 self.cache.stored(tid, value.load() if type(value) is Shared else value)
         newly = self.frontier.finish(tid)
         if self.on_finished is not None:
@@ -725,8 +730,14 @@ class AsyncDriver:
         if tid in outcomes.retries:
             self.retry_args[tid] = args
         try:
+            cache = outcomes.cache
             future = backend.submit(
-                tid, name, self.graph.funcs[name], args, timeout=outcomes.timeouts.get(tid)
+                tid,
+                name,
+                self.graph.funcs[name],
+                args,
+                timeout=outcomes.timeouts.get(tid),
+                post=None if cache is None else cache.encoder_for(tid),
             )
         except TaskError as exc:  # the function or arguments cannot be sent
             outcomes.started(tid, LOOP)
@@ -766,7 +777,10 @@ class AsyncDriver:
                 self._watch(tid, asyncio.ensure_future(value))
                 return
             self.retry_args.pop(tid, None)
-            self.outcomes.succeeded(tid, value)
+            encoded = None
+            if self.outcomes.cache is not None and self.backend is not None:
+                encoded = self.backend.posted(tid)
+            self.outcomes.succeeded(tid, value, encoded=encoded)
         if span is not None:
             self.outcomes.span(tid, *span, first=first)
         self._pump()

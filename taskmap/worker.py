@@ -7,12 +7,14 @@ pipe of length-prefixed messages (`multiprocessing.connection.Connection`), each
 a pickled tuple whose first item is its tag::
 
     driver -> worker   ("fn", fid, function bytes)          before its first use there
-                       ("run", tid, fid, arguments)
-                       ("runs", tid, fid, layouts, arguments bytes)  + one fd per layout
+                       ("run", tid, fid, arguments, post fid or -1)
+                       ("runs", tid, fid, layouts, arguments bytes, post fid or -1)
+                                                           + one fd per layout
                        ("stop",)
     worker -> driver   ("ready", pid)
-                       ("ok", tid, result, start, end)     perf_counter() readings
-                       ("shm", tid, layout, start, end)    + the segment's fd
+                       ("ok", tid, result, start, end, posted)  perf_counter() readings;
+                                                  posted: post(result), or None
+                       ("shm", tid, layout, start, end, posted)  + the segment's fd
                        ("err", tid, start, end, exception bytes or None, type name,
                         message, traceback text)
                        ("unpicklable", tid, result type name, why)
@@ -250,11 +252,13 @@ class _Slot:
         return (_Slot, (self.index,))
 
 
-def run_message(tid: int, fid: int, args: Sequence[Any]) -> tuple[bytes, list[Shared]]:
+def run_message(
+    tid: int, fid: int, args: Sequence[Any], post_fid: int = -1
+) -> tuple[bytes, list[Shared]]:
     """The "run" message for a task, and the segments whose fds must follow it."""
     shared = [a for a in args if type(a) is Shared]
     if not shared:
-        return dumps_for_worker(("run", tid, fid, tuple(args))), []
+        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid)), []
     index, placed = 0, []
     for arg in args:
         if type(arg) is Shared:
@@ -264,7 +268,7 @@ def run_message(tid: int, fid: int, args: Sequence[Any]) -> tuple[bytes, list[Sh
             placed.append(arg)
     blob = dumps_for_worker(tuple(placed))
     layouts = [s.layout for s in shared]
-    return dumps(("runs", tid, fid, layouts, blob)), shared
+    return dumps(("runs", tid, fid, layouts, blob, post_fid)), shared
 
 
 def send_fds(sock: socket.socket, fds: Sequence[int]) -> None:
@@ -382,7 +386,7 @@ def main(
                 continue
             segments: list[Shared] = []
             if message[0] == "runs":  # Rule 7: the fds of its segments follow it
-                _, tid, fid, layouts, blob = message
+                _, tid, fid, layouts, blob, post_fid = message
                 fds = recv_fds(sock, len(layouts))
                 segments = [Shared(fd, layout) for fd, layout in zip(fds, layouts, strict=True)]
                 try:
@@ -393,7 +397,7 @@ def main(
                     send(("badinput", f"{type(exc).__qualname__}: {exc}"))
                     continue
             else:
-                _, tid, fid, args = message
+                _, tid, fid, args, post_fid = message
             started = time.perf_counter()
             try:
                 if segments:
@@ -415,7 +419,8 @@ def main(
                 reply: bytes = dumps(_error_reply(tid, exc, started))
                 segment = None
             else:
-                reply, segment = _result_reply(tid, value, started)
+                post = functions.get(post_fid) if post_fid >= 0 else None
+                reply, segment = _result_reply(tid, value, started, post)
             finally:
                 for shared in segments:  # mapped (or never used): the fds can go
                     shared.close()
@@ -437,8 +442,15 @@ def _fill_slots(args: tuple[Any, ...], segments: list[Shared]) -> tuple[Any, ...
     return tuple(segments[a.index].load(populate=True) if type(a) is _Slot else a for a in args)
 
 
-def _result_reply(tid: int, value: Any, started: float) -> tuple[bytes, Shared | None]:
-    """The reply for a task's value: in the message, or (Rule 7) in a new segment."""
+def _result_reply(
+    tid: int, value: Any, started: float, post: Callable[[Any], Any] | Exception | None
+) -> tuple[bytes, Shared | None]:
+    """The reply for a task's value: in the message, or (Rule 7) in a new segment;
+    with what ``post`` makes of it (None if it raised: the driver then does it)."""
+    posted = None
+    if post is not None and not isinstance(post, Exception):
+        with contextlib.suppress(Exception):
+            posted = post(value)
     packed = pickle_oob(value)
     if packed is not None and oob_size(packed) >= SHARED_MIN:
         try:
@@ -448,10 +460,10 @@ def _result_reply(tid: int, value: Any, started: float) -> tuple[bytes, Shared |
         else:
             del packed
             layout = segment.layout
-            return dumps(("shm", tid, layout, started, time.perf_counter())), segment
+            return dumps(("shm", tid, layout, started, time.perf_counter(), posted)), segment
     del packed
     try:  # one pickle for the message and the value: no copy of a large value
-        return dumps(("ok", tid, value, started, time.perf_counter())), None
+        return dumps(("ok", tid, value, started, time.perf_counter(), posted)), None
     except Exception as exc:
         return dumps(("unpicklable", tid, type(value).__qualname__, str(exc))), None
 

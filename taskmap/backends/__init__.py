@@ -47,12 +47,16 @@ class Backend(Protocol):
         args: Sequence[Any],
         *,
         timeout: float | None = None,
+        post: Callable[[Any], Any] | None = None,
     ) -> asyncio.Future[Any]:
         """Start a task; the future gets its value or its exception.
 
         With ``timeout`` (seconds, counted from when the task really starts), the
         future gets a `TaskTimeoutError` if the task runs longer, and the backend
         stops it as best it can (the built-in pool replaces the worker).
+
+        ``post`` (the cache's digest and encoding) may be called on the value where
+        it was made; its result is then `posted` (a backend may ignore it).
 
         Raises:
             SerializationError: the function or arguments cannot be sent; nothing
@@ -64,6 +68,11 @@ class Backend(Protocol):
         """Where and when the task's last attempt ran, once its future is done: its
         lane (``'worker-2'``), start and end as ``time.perf_counter()`` readings of
         this process; None when the backend cannot tell (the driver's times count)."""
+        ...
+
+    def posted(self, tid: int) -> Any:
+        """What ``post`` returned for the task's value, once its future is done; None
+        when the backend did not call it (then the driver computes it)."""
         ...
 
     async def aclose(self, *, cancel: bool) -> None:

@@ -55,6 +55,7 @@ class ExecutorBackend:
         args: Sequence[Any],
         *,
         timeout: float | None = None,
+        post: Callable[[Any], Any] | None = None,
     ) -> asyncio.Future[Any]:
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
@@ -159,6 +160,10 @@ class ExecutorBackend:
         if not future.done():
             remote.cancel()
             future.set_exception(TaskTimeoutError(task, seconds, "executor"))
+
+    def posted(self, tid: int) -> Any:
+        """Never: values come back to the driver, which digests and encodes them."""
+        return None
 
     async def aclose(self, *, cancel: bool) -> None:
         if cancel:

@@ -116,6 +116,7 @@ class _Job:
     message: bytes  # the pickled "run" message, arguments included
     future: asyncio.Future[Any]
     shared: list[Shared]  # segments of its arguments: their fds follow the message
+    post: tuple[int, bytes] | None  # the function called on its value there: (fid, blob)
     timeout: float | None = None
     timer: asyncio.TimerHandle | None = None  # armed when it starts, with a timeout
     expired: bool = False  # it ran past its timeout: its worker is being killed
@@ -171,6 +172,8 @@ class ProcessPool:
         self.env = _thread_limits(n)
         #: task id -> (lane, start, end) of its last attempt, until the driver takes it
         self.spans: dict[int, tuple[str, float, float]] = {}
+        #: task id -> what its job's ``post`` returned, until the driver takes it
+        self.posts: dict[int, Any] = {}
         #: id -> (value, its segment): large values of the driver's, written once a run
         self.exported: dict[int, tuple[Any, Shared]] = {}
 
@@ -268,6 +271,9 @@ class ProcessPool:
     def span(self, tid: int) -> tuple[str, float, float] | None:
         return self.spans.pop(tid, None)
 
+    def posted(self, tid: int) -> Any:
+        return self.posts.pop(tid, None)
+
     def submit(
         self,
         tid: int,
@@ -276,17 +282,29 @@ class ProcessPool:
         args: Sequence[Any],
         *,
         timeout: float | None = None,
+        post: Callable[[Any], Any] | None = None,
     ) -> asyncio.Future[Any]:
-        """Send a task to a worker with room.  Raises SerializationError before taking one."""
+        """Send a task to a worker with room.  Raises SerializationError before taking one.
+
+        ``post`` is called on the value in the worker (the cache's digest and
+        encoding, off the driver); `posted` hands its result over."""
         assert self.loop is not None
         fid, fn_blob = self._function(task, func)
+        shipped = None
+        if post is not None:
+            try:
+                shipped = self._function(task, post)
+            except SerializationError:  # a user's encoder: the driver encodes instead
+                shipped = None
         try:
             # cloudpickle: instances of classes from the user's __main__, which is not
             # re-run in workers, cross by value.  Large values cross as segments.
-            message, shared = worker_module.run_message(tid, fid, self._share(args))
+            post_fid = -1 if shipped is None else shipped[0]
+            message, shared = worker_module.run_message(tid, fid, self._share(args), post_fid)
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
-        job = _Job(tid, task, fid, fn_blob, message, self.loop.create_future(), shared, timeout)
+        future = self.loop.create_future()
+        job = _Job(tid, task, fid, fn_blob, message, future, shared, shipped, timeout)
         if not self._dispatch(job):
             self.backlog.append(job)
         return job.future
@@ -324,13 +342,16 @@ class ProcessPool:
             try:
                 if job.fid not in worker.known:
                     worker.conn.send_bytes(dumps(("fn", job.fid, job.fn_blob)))
+                    worker.known.add(job.fid)
+                if job.post is not None and job.post[0] not in worker.known:
+                    worker.conn.send_bytes(dumps(("fn", *job.post)))
+                    worker.known.add(job.post[0])
                 worker.conn.send_bytes(job.message)
                 if job.shared:
                     send_fds(worker.sock, [s.fd for s in job.shared])
                     job.shared = []  # the worker holds them now
             except OSError:  # died just now; its sentinel will replace it
                 continue
-            worker.known.add(job.fid)
             worker.jobs.append(job)
             job.sent = time.perf_counter()
             if job.timeout is not None:
@@ -409,6 +430,8 @@ class ProcessPool:
         future, task = job.future, job.task
         if tag in ("ok", "err"):
             start, end = (message[3], message[4]) if tag == "ok" else (message[2], message[3])
+            if tag == "ok" and message[5] is not None:
+                self.posts[job.tid] = message[5]
             self.spans[job.tid] = (f"worker-{worker.slot}", start, end)
             if tag == "ok":
                 mean, duration = self.mean_duration, end - start
@@ -506,6 +529,8 @@ def _fits_in_pipe(job: _Job, worker: _Worker) -> bool:
     size = len(job.message)
     if job.fid not in worker.known:
         size += len(job.fn_blob)
+    if job.post is not None and job.post[0] not in worker.known:
+        size += len(job.post[1])
     return size <= PREFETCH_MAX_BYTES
 
 

@@ -34,6 +34,7 @@ miss: code changed, input changed, failed before.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import math
@@ -71,6 +72,7 @@ __all__ = [
     "Reason",
     "Store",
     "WriteMode",
+    "encode_result",
     "open_store",
 ]
 
@@ -310,6 +312,8 @@ class CacheRun:
         self.batching = True
         self.fingerprint = Fingerprinter()
         self.writer = _Writer(self.store, checkpoint.write)
+        #: id(encoder) -> the `encode_result` partial shipped to workers (once each)
+        self.shipped: dict[int, Callable[[Any], Encoded]] = {}
 
     # -- looking up ----------------------------------------------------------
 
@@ -498,21 +502,32 @@ class CacheRun:
 
     # -- storing -------------------------------------------------------------
 
-    def stored(self, tid: int, value: Any) -> None:
-        """Store a task's value (it ran and returned).  Encodes now, writes later."""
+    def encoder_for(self, tid: int) -> Callable[[Any], Encoded] | None:
+        """What computes the task's digest and entry where its value is made (a worker
+        process: in parallel, off the driver), or None when nothing will be stored."""
+        if not self.keys[tid]:
+            return None
+        encoder = self.checkpoint.encoders.get(self.names[tid], _DEFAULT_ENCODER)
+        shipped = self.shipped.get(id(encoder))
+        if shipped is None:
+            shipped = self.shipped[id(encoder)] = functools.partial(encode_result, encoder)
+        return shipped
+
+    def stored(self, tid: int, value: Any, encoded: Encoded | None = None) -> None:
+        """Store a task's value (it ran and returned).  Encodes now, writes later.
+
+        ``encoded``: what `encoder_for`'s function returned in the worker (then the
+        value is not read here: it may be a `Shared` handle the driver never loads).
+        """
         key = self.keys[tid]
         if not key:
             return
         name = self.names[tid]
-        out = self.digests[tid] = _digest_or_empty(value)
         encoder = self.checkpoint.encoders.get(name, _DEFAULT_ENCODER)
-        try:
-            payload = encoder.encode(value)
-        except Exception as exc:
-            self._warn(
-                f"task {name!r}: result not cached: {encoder.name} cannot encode "
-                f"{type(value).__name__} ({exc})"
-            )
+        out, payload, why = encode_result(encoder, value) if encoded is None else encoded
+        self.digests[tid] = out
+        if payload is None:
+            self._warn(f"task {name!r}: result not cached: {encoder.name} cannot encode {why}")
             return
         code, inputs = self.inputs[tid]  # type: ignore[misc]
         code_hex, digests = code.hex(), [d.hex() for d in inputs]
@@ -639,6 +654,22 @@ def _apply(store: Store, batch: Sequence[tuple[str, bytes | None]]) -> None:
         store.update(writes)
     for key in (k for k, d in final.items() if d is None):
         store.pop(key, None)
+
+
+#: a value's output digest, its encoded entry payload (None if the encoder could not:
+#: then why, naming the value's type)
+Encoded = tuple[bytes, bytes | None, str]
+
+
+def encode_result(encoder: Encoder, value: Any) -> Encoded:
+    """A value's digest and encoded payload: what storing it needs of the value.
+
+    Runs where the value is (a worker process ships it with its task)."""
+    out = _digest_or_empty(value)
+    try:
+        return out, encoder.encode(value), ""
+    except Exception as exc:
+        return out, None, f"{type(value).__name__} ({exc})"
 
 
 def _digest_or_empty(value: object) -> bytes:

@@ -56,7 +56,10 @@ def segments_anywhere() -> int:
 
 
 def shm_names() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    """Named shared memory.  multiprocessing's semaphores (``sem.mp-*``), which other
+    programs on a shared machine make and taskmap does not, are left out."""
+    names = os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []
+    return {name for name in names if not name.startswith("sem.mp-")}
 
 
 def array(i: int, n: int = N) -> np.ndarray:
@@ -260,3 +263,41 @@ def test_no_segment_outlives_a_driver_interrupted_or_killed(tmp_path, how):
     assert wait_until(lambda: not still_alive(workers), 10), still_alive(workers)
     assert wait_until(lambda: segments_anywhere() == 0, 10)
     assert shm_names() == before
+
+
+class Pickled:
+    """Records the pid of each process that pickles it (in ``path``)."""
+
+    def __init__(self, path: str, payload: object) -> None:
+        self.path, self.payload = path, payload
+
+    def __reduce__(self) -> tuple[object, ...]:
+        with open(self.path, "a") as file:
+            file.write(f"{os.getpid()}\n")
+        return (Pickled, (self.path, self.payload))
+
+
+def make_pickled(path: str, n: int) -> Pickled:
+    return Pickled(path, array(0, n))
+
+
+@pytest.mark.parametrize("n", [10, N], ids=["small", "large"])
+def test_with_a_cache_the_worker_digests_and_encodes_its_value_not_the_driver(tmp_path, n):
+    # a small value goes to its consumer through the driver, which pickles it: the
+    # small case has none; a large one is mapped by its consumer from the segment
+    record = tmp_path / "pickled-by"
+    funcs = {"make": functools.partial(make_pickled, str(record), n)}
+    deps: dict[str, list[str]] = {"make": []}
+    if n == N:
+        funcs["use"] = lambda p: float(p.payload.sum())
+        deps["use"] = ["make"]
+    graph = taskmap.create_graph(funcs, deps, cache=tmp_path / "cache")
+    taskmap.run_parallel_async(graph, ncores=1)
+    assert graph.stats.cache.stored == len(funcs)
+    pids = {int(line) for line in record.read_text().split()}
+    assert pids
+    assert os.getpid() not in pids  # the driver never pickled it
+    rerun = taskmap.create_graph(funcs, deps, cache=tmp_path / "cache")
+    taskmap.run_parallel_async(rerun, ncores=1)
+    assert rerun.stats.cache.hits == len(funcs)
+    np.testing.assert_array_equal(rerun.results["make"].payload, array(0, n))
