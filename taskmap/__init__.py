@@ -30,6 +30,14 @@ from .errors import TaskTimeoutError as TaskTimeoutError
 from .errors import UnknownTaskError as UnknownTaskError
 from .errors import UpstreamFailedError as UpstreamFailedError
 from .errors import WorkerCrashedError as WorkerCrashedError
+from .events import RunFinished as RunFinished
+from .events import RunStarted as RunStarted
+from .events import TaskFailed as TaskFailed
+from .events import TaskFinished as TaskFinished
+from .events import TaskQueued as TaskQueued
+from .events import TaskRetrying as TaskRetrying
+from .events import TaskSkipped as TaskSkipped
+from .events import TaskStarted as TaskStarted
 from .frontier import TaskState as TaskState
 from .graph import Graph as Graph
 from .graph import clear_cache as clear_cache
@@ -51,6 +59,9 @@ from .record import TaskStats as TaskStats
 from .report import to_chrome_trace as to_chrome_trace
 from .report import to_html as to_html
 from .report import write_report as write_report
+from .runners import arun_async as arun_async
+from .runners import arun_parallel_async as arun_parallel_async
+from .runners import events as events
 from .runners import run as run
 from .runners import run_async as run_async
 from .runners import run_parallel as run_parallel
@@ -77,12 +88,20 @@ __all__ = [
     "PickleEncoder",
     "Reason",
     "Retry",
+    "RunFinished",
+    "RunStarted",
     "RunStats",
     "RunStoppedError",
     "SerializationError",
     "StallWarning",
     "TaskError",
+    "TaskFailed",
+    "TaskFinished",
     "TaskOutcome",
+    "TaskQueued",
+    "TaskRetrying",
+    "TaskSkipped",
+    "TaskStarted",
     "TaskState",
     "TaskStats",
     "TaskTimeoutError",
@@ -90,8 +109,11 @@ __all__ = [
     "UnknownTaskError",
     "UpstreamFailedError",
     "WorkerCrashedError",
+    "arun_async",
+    "arun_parallel_async",
     "clear_cache",
     "create_graph",
+    "events",
     "explain",
     "get_all_children",
     "get_ready_tasks",

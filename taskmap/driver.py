@@ -485,8 +485,12 @@ class AsyncDriver:
         drop_results: bool = False,
         targets: Collection[int] = (),
         stall_warning: float | None = None,
+        own_signals: bool = True,
     ) -> None:
         self.outcomes = outcomes
+        #: the loop is ours (a blocking runner): Ctrl-C may interrupt an inline call;
+        #: on the caller's loop (``arun_*``) its signals are left to it
+        self.own_signals = own_signals
         self.stall_warning = stall_warning  # seconds; None: io coroutines are not watched
         self.stalled: set[Hashable] = set()  # tasks warned about
         self.graph = outcomes.graph
@@ -547,7 +551,11 @@ class AsyncDriver:
         at once, as `run` does; otherwise defer to the Runner.  Returns the undo.
         """
         previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        if (
+            not self.own_signals
+            or threading.current_thread() is not threading.main_thread()
+            or not callable(previous)
+        ):
             return lambda: None
 
         def on_sigint(signum: int, frame: FrameType | None) -> None:

@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+import warnings
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
-from typing import Literal
+from typing import Any, Literal
 
 from .backends import Backend
 from .backends.executor import ExecutorBackend
 from .backends.loop import EventLoop
 from .backends.processes import ProcessPool
 from .driver import AsyncDriver, Outcomes, drive_sync
-from .events import Observer
+from .events import Event, Observer
 from .frontier import Frontier
 from .graph import Graph, configure_logging
 from .logs import LogObserver
 from .policies import IO_CHANNEL, check_limits
 from .progress import ProgressBar, wants_progress
 
-__all__ = ["run", "run_async", "run_parallel", "run_parallel_async"]
+__all__ = [
+    "arun_async",
+    "arun_parallel_async",
+    "events",
+    "run",
+    "run_async",
+    "run_parallel",
+    "run_parallel_async",
+]
 
 OnError = Literal["continue", "fail_fast"]
 
@@ -71,6 +89,7 @@ def run(
         >>> run(graph).results['b']
         20
     """
+    _warn_if_on_a_loop("run", "arun_async")
     options = _Options(targets, on_error, raise_errors, limits, progress, report)
     outcomes, _ = _prepare(graph, options)
     with _reporting(outcomes, options):
@@ -114,10 +133,53 @@ def run_async(
     Returns:
         The same graph, with ``results`` and ``done`` filled, and ``stats``.
     """
+    _warn_if_on_a_loop("run_async", "arun_async")
     options = _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning)
     outcomes, _ = _prepare(graph, options)
     with _reporting(outcomes, options), EventLoop() as loop:
         loop.run(AsyncDriver(outcomes, stall_warning=options.stall_warning).arun())
+    return _finish(outcomes, options)
+
+
+async def arun_async(
+    graph: Graph,
+    sleep: float | None = None,
+    *,
+    targets: Iterable[Hashable] | None = None,
+    on_error: OnError = "continue",
+    raise_errors: bool = False,
+    limits: Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
+    stall_warning: float | None = 0.1,
+    observers: Sequence[Observer] = (),
+) -> Graph:
+    """Run the graph on the running event loop: `run_async` for asyncio applications.
+
+    io-bound coroutines are tasks of the caller's loop, so they may use its
+    connections (an aiohttp session, an asyncpg pool), and the loop keeps serving
+    other work while the graph runs.  Cancelling the awaiting task (a timeout, a
+    `TaskGroup` failing, a client gone) cancels the running tasks, keeps finished
+    results in ``graph.results`` and what the cache stored, and re-raises
+    `asyncio.CancelledError`.
+
+    Args:
+        graph, sleep, targets, on_error, raise_errors, limits, progress, report,
+        stall_warning: as in `run_async`.
+        observers: callables that receive the run's events as they happen (see
+            `events` for an async iterator of them).
+
+    Returns:
+        The same graph, with ``results`` and ``done`` filled, and ``stats``.
+
+    Example:
+        >>> graph = await arun_async(create_graph(funcs, dependencies, io_bound=["fetch"]))
+    """
+    options = _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning)
+    outcomes, _ = _prepare(graph, options, observers=observers)
+    driver = AsyncDriver(outcomes, stall_warning=options.stall_warning, own_signals=False)
+    with _reporting(outcomes, options):
+        await driver.arun()
     return _finish(outcomes, options)
 
 
@@ -170,6 +232,7 @@ def run_parallel(
     Returns:
         The same graph, with ``results`` and ``done`` filled, and ``stats``.
     """
+    _warn_if_on_a_loop("run_parallel", "arun_parallel_async")
     workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) - 1))
     return _run_on_loop(
         graph,
@@ -222,6 +285,7 @@ def run_parallel_async(
         >>> graph = create_graph(funcs, dependencies, io_bound=['fetch_a', 'fetch_b'])
         >>> graph = run_parallel_async(graph, ncores=2)
     """
+    _warn_if_on_a_loop("run_parallel_async", "arun_parallel_async")
     workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) // 2))
     return _run_on_loop(
         graph,
@@ -229,6 +293,133 @@ def run_parallel_async(
         lambda: _backend(executor, workers, mp_context, graph.name),
         all_on_backend=False,
         drop_results=drop_results,
+    )
+
+
+async def arun_parallel_async(
+    graph: Graph,
+    ncores: int | None = None,
+    sleep: float | None = None,
+    *,
+    nprocs: int | None = None,
+    targets: Iterable[Hashable] | None = None,
+    on_error: OnError = "continue",
+    raise_errors: bool = False,
+    executor: Executor | None = None,
+    mp_context: str | BaseContext | None = None,
+    drop_results: bool = False,
+    limits: Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    report: str | os.PathLike[str] | None = None,
+    stall_warning: float | None = 0.1,
+    observers: Sequence[Observer] = (),
+) -> Graph:
+    """Run the graph with io on the running event loop and CPU tasks in worker processes.
+
+    `run_parallel_async` for asyncio applications: io-bound coroutines are tasks of
+    the caller's loop (they may use its connections, and the loop keeps serving
+    other work), CPU tasks go to worker processes or ``executor``.  Cancelling the
+    awaiting task stops the io tasks and the workers (no process is left behind),
+    keeps finished results and what the cache stored, and re-raises
+    `asyncio.CancelledError`.  Graphs awaited at once do not share anything.
+
+    Args:
+        graph, ncores, sleep, nprocs, targets, on_error, raise_errors, executor,
+        mp_context, drop_results, limits, progress, report, stall_warning: as in
+        `run_parallel_async`.
+        observers: as in `arun_async`.
+
+    Returns:
+        The same graph, with ``results`` and ``done`` filled, and ``stats``.
+
+    Example:
+        >>> graph = await arun_parallel_async(create_graph(funcs, deps, io_bound=["fetch"]))
+    """
+    workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) // 2))
+    options = _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning)
+    outcomes, target_ids = _prepare(graph, options, parallel=True, observers=observers)
+    backend = _backend(executor, workers, mp_context, graph.name)
+    outcomes.workers = backend.n if isinstance(backend, ProcessPool) else 0
+    driver = AsyncDriver(
+        outcomes,
+        backend,
+        drop_results=drop_results,
+        targets=target_ids or (),
+        stall_warning=options.stall_warning,
+        own_signals=False,
+    )
+    try:
+        with _reporting(outcomes, options):
+            await driver.arun()
+    finally:
+        if isinstance(backend, ProcessPool):
+            backend.close_now()  # a second cancellation can cut aclose short: no orphans
+    return _finish(outcomes, options)
+
+
+_ARUNNERS: dict[str, Callable[..., Any]] = {
+    "run_async": arun_async,
+    "run_parallel_async": arun_parallel_async,
+}
+
+
+async def events(
+    graph: Graph, runner: str = "run_parallel_async", **options: Any
+) -> AsyncIterator[Event]:
+    """Run the graph on the running loop and yield its events as they happen.
+
+    Events are `RunStarted`, then `TaskQueued`, `TaskStarted`, `TaskFinished`
+    (``cached`` for a cache hit), `TaskFailed`, `TaskRetrying` and `TaskSkipped` for
+    each task, and `RunFinished` last; ``graph.results`` is filled when the
+    iteration ends.  Leaving the loop early (``break``) cancels the run as
+    cancelling `arun_parallel_async` does.
+
+    Args:
+        graph: from `create_graph`.
+        runner: ``'run_async'`` or ``'run_parallel_async'``: where tasks run.
+        **options: the runner's keyword arguments (``ncores=``, ``limits=``...).
+
+    Raises:
+        ValueError: an unknown ``runner``.
+        Exception: what the run raises (``raise_errors=True``), after its events.
+
+    Example:
+        >>> async for event in events(graph, ncores=2):
+        ...     print(event)
+    """
+    arun = _ARUNNERS.get(runner)
+    if arun is None:
+        raise ValueError(
+            f"events() runs a graph with 'run_async' or 'run_parallel_async' (got {runner!r})"
+        )
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()
+    run = asyncio.ensure_future(
+        arun(graph, observers=[*options.pop("observers", ()), queue.put_nowait], **options)
+    )
+    run.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while (event := await queue.get()) is not None:
+            yield event
+        await run  # its exception, if any
+    finally:
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+
+
+def _warn_if_on_a_loop(runner: str, awaitable: str) -> None:
+    """A blocking runner called from a coroutine blocks its loop: say so, and what to use."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    warnings.warn(
+        f"taskmap.{runner}() was called from a running event loop: it blocks that loop "
+        f"until the graph is done (the graph runs on a loop of its own in a helper "
+        f"thread); in a coroutine, await taskmap.{awaitable}(...) to run on this loop",
+        RuntimeWarning,
+        stacklevel=3,
     )
 
 
@@ -299,7 +490,7 @@ class _Options:
 
 
 def _prepare(
-    graph: Graph, options: _Options, *, parallel: bool = False
+    graph: Graph, options: _Options, *, parallel: bool = False, observers: Sequence[Observer] = ()
 ) -> tuple[Outcomes, list[int] | None]:
     """Check the run's arguments and set up its frontier and bookkeeping.
 
@@ -342,7 +533,7 @@ def _prepare(
     )
     configure_logging(graph.name, graph.logging_config)  # a graph built by hand, or renamed
     fail_fast = on_error == "fail_fast" or options.raise_errors
-    observers: list[Observer] = [LogObserver(graph.name)]
+    observers = [LogObserver(graph.name), *observers]
     if wants_progress(options.progress):
         observers.append(ProgressBar(graph.name))
     cache = None

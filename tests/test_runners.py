@@ -478,7 +478,8 @@ def test_every_runner_works_inside_a_running_event_loop(runner) -> None:
         )
         return runner(graph)
 
-    graph = asyncio.run(notebook_cell())
+    with pytest.warns(RuntimeWarning, match="was called from a running event loop"):
+        graph = asyncio.run(notebook_cell())
     assert graph.results == {"a": 1, "b": 2}
 
 
