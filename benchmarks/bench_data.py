@@ -39,8 +39,9 @@ the value's size (``np.copyto`` into a touched array).  ms per hop = (makespan -
 / 17: 16 steps take one value each, the final task takes the 4 chain ends.
 
 Repeats are interleaved per size (repeat 1 of every runner, then repeat 2...); a run
-that took over 10 s is not repeated.  A runner whose makespan, scaled from the size
-before, would exceed ``--max-seconds`` (30 s) is skipped at the larger sizes.  A
+that took over 10 s is not repeated.  A runner whose makespan, extrapolated along the
+line through its two sizes before, would exceed ``--max-seconds`` (30 s) is skipped at
+the larger sizes.  A
 missed goal prints MISS; the exit status is 0 anyway: this is a report, not a test.
 """
 
@@ -419,17 +420,29 @@ def size_label(kind: str, size: int) -> str:
     return f"{size:,} dicts" if kind == "dicts" else f"{size} MB"
 
 
+def extrapolate(seen: Sequence[tuple[int, float]], size: int) -> float:
+    """The makespan at ``size``, on the line through the last two ``(size, makespan)``.
+
+    Linear, not proportional: a small size's makespan is mostly start-up (workers,
+    imports), which does not grow with the value.  Zero before two sizes have run.
+    """
+    if len(seen) < 2:
+        return 0.0
+    (a, ta), (b, tb) = seen[-2:]
+    return tb + (tb - ta) / (b - a) * (size - b)
+
+
 def bench_kind(
     kind: str, sizes: Sequence[int], runners: Sequence[str], repeat: int, max_seconds: float
 ) -> dict[int, Row]:
     """Every runner at every size, in fresh processes; print a line per figure."""
     print(f"\n{kind}: {CHAINS} chains x (source + {STEPS} steps) + final", flush=True)
     rows: dict[int, Row] = {}
-    last: dict[str, tuple[int, float]] = {}  # runner -> (size, makespan) where it last ran
+    seen: dict[str, list[tuple[int, float]]] = {r: [] for r in runners}  # (size, makespan)
     for size in sizes:
         row = {runner: Figure() for runner in runners}
-        for runner, (before, seconds) in last.items():
-            guess = seconds * size / before
+        for runner in runners:
+            guess = extrapolate(seen[runner], size)
             if runner != FLOOR and guess > max_seconds:
                 row[runner].skipped = f"skipped: ~{guess:.0f} s expected"
         for r in range(repeat):
@@ -444,7 +457,7 @@ def bench_kind(
                 print(f"{head} {figure.skipped} (--max-seconds {max_seconds:g})", flush=True)
                 continue
             seconds = figure.median("makespan")
-            last[runner] = (size, seconds)
+            seen[runner].append((size, seconds))
             peak, shmem, rss = figure.peak()
             total = figure.median("total")
             print(
@@ -582,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-seconds",
         type=float,
         default=MAX_SECONDS,
-        help="skip a runner whose makespan, scaled from the size before, would exceed this",
+        help="skip a runner whose makespan, extrapolated from the sizes before, would exceed this",
     )
     parser.add_argument(
         "--one",

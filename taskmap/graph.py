@@ -9,6 +9,7 @@ and rerunning is the intended workflow.
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -176,6 +177,33 @@ class Graph:
             f"<Graph {self.name!r}: {len(self.dependencies)} tasks, {len(self.done)} done,"
             f" {len(self.failed)} failed>"
         )
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: tasks by state, the failures with their errors, the makespan."""
+        results, done = self.results, set(self.done)
+        skipped = [t for t in self.done if isinstance(results.get(t), UpstreamFailedError)]
+        failed = [t for t in self.failed if not isinstance(results[t], UpstreamFailedError)]
+        counts = {
+            "tasks": len(self.dependencies),
+            "done": len(done) - len(failed) - len(skipped),
+            "failed": len(failed),
+            "skipped": len(skipped),
+            "not run": len(self.dependencies) - len(done),
+        }
+        cells = "".join(f"<td>{n:,} {html.escape(state)}</td>" for state, n in counts.items())
+        parts = [f"<b>Graph {html.escape(repr(self.name))}</b>", f"<table><tr>{cells}</tr></table>"]
+        if self.stats.makespan:
+            parts.append(f"<p>last run: {self.stats.makespan:.3g} s</p>")
+        if failed:
+            rows = "".join(
+                f"<tr><td>{html.escape(repr(t))}</td><td><code>"
+                f"{html.escape(type(results[t]).__name__)}: {html.escape(str(results[t]))}"
+                "</code></td></tr>"
+                for t in failed[:20]
+            )
+            more = f"<p>and {len(failed) - 20} more</p>" if len(failed) > 20 else ""
+            parts.append(f"<table><tr><th>failed</th><th>error</th></tr>{rows}</table>{more}")
+        return "\n".join(parts)
 
 
 def create_graph(

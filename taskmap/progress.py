@@ -7,6 +7,7 @@ on stderr, at most ten times a second, and only the bar's own line.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -36,11 +37,18 @@ def wants_progress(progress: bool | None, stream: IO[str] | None = None) -> bool
         if not isinstance(progress, bool):
             raise TypeError(f"progress must be True, False or None (got {progress!r})")
         return progress
+    if stream is None and in_notebook():
+        return True
     stream = sys.stderr if stream is None else stream
     try:
         return stream.isatty()
     except (AttributeError, ValueError):  # a replaced or closed stream
         return False
+
+
+def in_notebook() -> bool:
+    """In a Jupyter kernel that can show widgets: the bar is tqdm's notebook form."""
+    return "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None
 
 
 class ProgressBar:
@@ -95,6 +103,12 @@ class ProgressBar:
             self._draw()
 
     def _open(self, tasks: int) -> None:
+        if self.stream is None and in_notebook():
+            from tqdm.notebook import tqdm as notebook_bar
+
+            self.bar = notebook_bar(total=tasks, desc=self.name, unit="task")
+            self.drawn = time.monotonic()
+            return
         from tqdm import tqdm  # the progress library: imported when a bar is shown
 
         stream = self.stream if self.stream is not None else sys.stderr

@@ -277,3 +277,26 @@ def test_a_blocking_runner_called_from_a_running_loop_warns_and_says_what_to_awa
         asyncio.run(cell())
     assert caught[0].filename == __file__  # it points at the call
     assert graph.results == {"a": 1}
+
+
+def test_under_anyio_s_asyncio_backend_a_graph_runs_and_a_deadline_cancels_it(tmp_path):
+    anyio = pytest.importorskip("anyio")
+    running = tmp_path / "running"
+
+    async def main() -> tuple[taskmap.Graph, bool]:
+        graph = taskmap.create_graph(
+            {"a": functools.partial(nap_then, 0, 4), "b": double}, {"a": [], "b": ["a"]}
+        )
+        graph = await taskmap.arun_parallel_async(graph, ncores=1)
+        stuck = taskmap.create_graph(
+            {"wait": functools.partial(write_then_wait, str(running))}, {"wait": []}
+        )
+        with anyio.move_on_after(1.5) as scope:
+            await taskmap.arun_parallel_async(stuck, ncores=1)
+        return graph, scope.cancelled_caught
+
+    graph, cancelled = anyio.run(main, backend="asyncio")
+    assert graph.results == {"a": 4, "b": 8}
+    assert cancelled
+    assert running.exists()
+    assert wait_until(lambda: workers_left() == set(), 5), workers_left()

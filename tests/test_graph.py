@@ -483,3 +483,24 @@ def test_a_graph_survives_pickling_with_its_results_and_reruns() -> None:
     assert dict(loaded.dependencies) == {"a": (), "b": ("a",), "c": ("b",)}
     taskmap.reset_tasks(loaded, ["b"])
     assert taskmap.run(loaded).results == {"a": 1, "b": 2, "c": 4}
+
+
+def _raise_value_error() -> None:
+    raise ValueError("row 3 <is> not a number")
+
+
+def test_a_graph_shows_in_jupyter_its_tasks_by_state_its_failures_and_makespan() -> None:
+    graph = taskmap.create_graph(
+        {"ok": lambda: 1, "bad": _raise_value_error, "below": lambda: 2, "other": lambda: 3},
+        {"ok": [], "bad": [], "below": ["bad"], "other": []},
+    )
+    before = graph._repr_html_()
+    assert "<td>4 tasks</td>" in before
+    assert "<td>4 not run</td>" in before
+    assert "last run" not in before
+    taskmap.run(graph, targets=["ok", "bad", "below"])
+    page = graph._repr_html_()
+    for cell in ["1 done", "1 failed", "1 skipped", "1 not run"]:
+        assert f"<td>{cell}</td>" in page
+    assert "<td>&#x27;bad&#x27;</td><td><code>ValueError: row 3 &lt;is&gt; not a number" in page
+    assert "last run: " in page

@@ -202,3 +202,29 @@ def test_an_interrupted_run_still_writes_its_report(tmp_path: Path) -> None:
     page = report.read_text()
     assert 'data-task="a"' in page
     assert graph.results["a"] == 1
+
+
+def test_in_a_jupyter_kernel_with_widgets_the_bar_is_tqdm_s_notebook_form(monkeypatch) -> None:
+    import importlib.util
+    import sys
+    import types
+
+    from taskmap import progress
+
+    assert not progress.in_notebook()
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "ipywidgets" else real_find_spec(name, *a),
+    )
+    assert progress.in_notebook()
+    assert progress.wants_progress(None)  # on by default there, though stderr is no tty
+    made = []
+    fake_notebook = types.ModuleType("tqdm.notebook")
+    fake_notebook.tqdm = lambda **kwargs: made.append(kwargs) or types.SimpleNamespace()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tqdm.notebook", fake_notebook)
+    bar = progress.ProgressBar("etl")
+    bar(taskmap.RunStarted("etl", 3))
+    assert made == [{"total": 3, "desc": "etl", "unit": "task"}]
