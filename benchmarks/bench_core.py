@@ -52,6 +52,7 @@ import taskmap
 FLOOR = "graphlib floor"
 RUN = "taskmap.run"
 RUN_ASYNC = "taskmap.run_async"
+ARUN_ASYNC = "await taskmap.arun_async"
 ASYNCIO = f"asyncio tasks ({LOOP})"
 DASK = "dask.get (sync)"
 
@@ -102,6 +103,12 @@ def asyncio_reference(funcs: Funcs, deps: Deps) -> dict[str, Any]:
         return runner.run(_asyncio_tasks(funcs, deps))
 
 
+def awaited(graph: taskmap.Graph) -> taskmap.Graph:
+    """`arun_async` awaited on a new loop of the same kind, as an application awaits it."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(taskmap.arun_async(graph))
+
+
 def graphlib_prepare(deps: Deps) -> graphlib.TopologicalSorter[str]:
     sorter = graphlib.TopologicalSorter(deps)
     sorter.prepare()
@@ -135,6 +142,7 @@ def bench_runs(
         Case(FLOOR, lambda _: graphlib_floor(funcs, deps), check=has_all),
         Case(RUN, taskmap.run, setup=fresh, check=complete),
         Case(RUN_ASYNC, taskmap.run_async, setup=fresh, check=complete),
+        Case(ARUN_ASYNC, awaited, setup=fresh, check=complete),
         Case(ASYNCIO, lambda _: asyncio_reference(funcs, deps), check=has_all),
     ]
     medians = {name: median(ts) for name, ts in time_cases(cases, repeat).items()}
@@ -212,6 +220,7 @@ def report(
     floor_scaling = runs[large][FLOOR] / runs[small][FLOOR]
     print(f"  graphlib floor time at {large:,} / at {small:,} tasks: {floor_scaling:.2f}x")
     for n, m in runs.items():
+        print(f"  N={n:,}: {ARUN_ASYNC} / run_async: {m[ARUN_ASYNC] / m[RUN_ASYNC]:.2f}x")
         print(f"  N={n:,}: run_async / {ASYNCIO}: {m[RUN_ASYNC] / m[ASYNCIO]:.2f}x", end="")
         if DASK in m:
             print(
