@@ -7,8 +7,8 @@ pipe of length-prefixed messages (`multiprocessing.connection.Connection`), each
 a pickled tuple whose first item is its tag::
 
     driver -> worker   ("fn", fid, function bytes)          before its first use there
-                       ("run", tid, fid, arguments, post fid or -1)
-                       ("runs", tid, fid, layouts, arguments bytes, post fid or -1)
+                       ("run", tid, fid, arguments, post fid or -1, keywords or None)
+                       ("runs", tid, fid, layouts, (arguments, keywords) bytes, post fid)
                                                            + one fd per layout
                        ("stop",)
     worker -> driver   ("ready", pid)
@@ -23,7 +23,9 @@ a pickled tuple whose first item is its tag::
                        ("log", logging.LogRecord)          records of the task's loggers
 
 Rules:
-1. A function crosses once per worker (``fid``); the worker keeps it by id.
+1. A function crosses once per worker (``fid``); the worker keeps it by id.  A
+   ``functools.partial`` is not a function of its own: its function crosses once
+   and its bound arguments travel with each "run", as data.
 2. Arguments and results cross with `dumps`/`loads` below, the only pickling for the
    wire (cloudpickle where plain pickle cannot: lambdas, closures, local classes),
    pickled once with their message: a large value is not copied twice.
@@ -254,12 +256,16 @@ class _Slot:
 
 
 def run_message(
-    tid: int, fid: int, args: Sequence[Any], post_fid: int = -1
+    tid: int,
+    fid: int,
+    args: Sequence[Any],
+    post_fid: int = -1,
+    kwargs: dict[str, Any] | None = None,
 ) -> tuple[bytes, list[Shared]]:
     """The "run" message for a task, and the segments whose fds must follow it."""
     shared = [a for a in args if type(a) is Shared]
     if not shared:
-        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid)), []
+        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid, kwargs)), []
     index, placed = 0, []
     for arg in args:
         if type(arg) is Shared:
@@ -267,7 +273,7 @@ def run_message(
             index += 1
         else:
             placed.append(arg)
-    blob = dumps_for_worker(tuple(placed))
+    blob = dumps_for_worker((tuple(placed), kwargs))
     layouts = [s.layout for s in shared]
     return dumps(("runs", tid, fid, layouts, blob, post_fid)), shared
 
@@ -391,14 +397,14 @@ def main(
                 fds = recv_fds(sock, len(layouts))
                 segments = [Shared(fd, layout) for fd, layout in zip(fds, layouts, strict=True)]
                 try:
-                    args = loads(blob)
+                    args, kwargs = loads(blob)
                 except Exception as exc:  # arguments this process cannot rebuild
                     for shared in segments:
                         shared.close()
                     send(("badinput", f"{type(exc).__qualname__}: {exc}"))
                     continue
             else:
-                _, tid, fid, args, post_fid = message
+                _, tid, fid, args, post_fid, kwargs = message
             started = time.perf_counter()
             try:
                 if segments:
@@ -407,7 +413,7 @@ def main(
                 if isinstance(func, Exception):
                     raise func
                 try:
-                    value = func(*args)
+                    value = func(*args, **kwargs) if kwargs else func(*args)
                 except TypeError as exc:
                     if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
                         exc.add_note(f"the task was called with {len(args)} positional argument(s)")
@@ -425,7 +431,7 @@ def main(
             finally:
                 for shared in segments:  # mapped (or never used): the fds can go
                     shared.close()
-                args = value = None  # a large input or result is freed before the next task
+                args = kwargs = value = None  # large inputs and results go before the next task
             sys.stdout.flush()
             sys.stderr.flush()
             if segment is None:

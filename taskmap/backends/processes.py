@@ -289,6 +289,9 @@ class ProcessPool:
         ``post`` is called on the value in the worker (the cache's digest and
         encoding, off the driver); `posted` hands its result over."""
         assert self.loop is not None
+        kwargs: dict[str, Any] | None = None
+        if type(func) is functools.partial:  # one function shipped once; bound values are data
+            args, kwargs, func = (*func.args, *args), func.keywords or None, func.func
         fid, fn_blob = self._function(task, func)
         shipped = None
         if post is not None:
@@ -300,7 +303,9 @@ class ProcessPool:
             # cloudpickle: instances of classes from the user's __main__, which is not
             # re-run in workers, cross by value.  Large values cross as segments.
             post_fid = -1 if shipped is None else shipped[0]
-            message, shared = worker_module.run_message(tid, fid, self._share(args), post_fid)
+            message, shared = worker_module.run_message(
+                tid, fid, self._share(args), post_fid, kwargs
+            )
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
         future = self.loop.create_future()
