@@ -150,7 +150,7 @@ def _code_in_file(
 #: chain of 300 hops on one worker (per hop, pipe against segment): 16 KB 0.60 ms
 #: against 1.16, 64 KB 0.78 against 1.25, 256 KB 2.26 against 1.69, 1 MB 4.56
 #: against 2.88: the segment wins from about 128 KB.
-SHARED_MIN = 1 << 17
+SHARED_MIN = 1 << 17 if hasattr(os, "memfd_create") else 1 << 62  # Linux: memfd
 _ALIGN = 64  # numpy's preferred alignment for the out-of-band buffers
 
 
