@@ -38,10 +38,12 @@ import asyncio
 import inspect
 import random
 import signal
+import sys
 import threading
 import time
 import warnings
 from collections.abc import (
+    Awaitable,
     Callable,
     Collection,
     Coroutine,
@@ -340,6 +342,21 @@ class Outcomes:
         self.timeline.outcome[tid] = STOPPED if isinstance(error, RunStoppedError) else SKIPPED
         if self.on_skipped is not None:
             self.on_skipped(TaskSkipped(name, error))
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_task(coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """A Task that runs the coroutine's first step now (`eager_start`): one that
+        returns before its first real wait never waits for a loop turn.  (The stall
+        watch's wrapper is a generator: it starts as asyncio always did.)"""
+        if type(coro) is not CoroutineType:
+            return asyncio.ensure_future(coro)
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
+
+else:  # 3.11 has no eager start; stepping the coroutine by hand would run it outside
+    # its task (asyncio.timeout() inside it would find the driver's task instead)
+    _start_task = asyncio.ensure_future
 
 
 def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> None:
@@ -701,7 +718,7 @@ class AsyncDriver:
                 value = watch_steps(value, name, self.stall_warning, self._stalled)
             if seconds is not None:
                 value = timed(value, seconds, name, "cancelled")
-            self._watch(tid, asyncio.ensure_future(value))
+            self._watch(tid, _start_task(value))
         else:
             if self.retry_args:
                 self.retry_args.pop(tid, None)
