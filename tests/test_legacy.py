@@ -8,6 +8,7 @@ fails are the deviations the README lists under "Coming from taskmap 0.0.6".
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -62,10 +63,25 @@ def run_legacy(suite: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+#: 0.0.6's wall-clock assertions (two 0.4 s tasks in under 0.8 s, pool start
+#: included): on a shared 2-core machine another process can cost them the margin
+TIMED = (
+    "test_async_speed",
+    "test_parallel_speed",
+    "test_async_parallel_speed",
+    "test_async_parallel_demo",
+)
+
+
 @pytest.mark.timeout(300)
 def test_taskmap_0_0_6_suite_passes_but_for_the_documented_deviations(legacy_suite: Path) -> None:
     deselect = [f"--deselect={legacy_suite.name}::{test}" for test in DEVIATIONS]
     done = run_legacy(legacy_suite, *deselect)
+    failed = set(re.findall(rf"FAILED {re.escape(legacy_suite.name)}::(\w+)", done.stdout))
+    if failed and failed <= set(TIMED):  # a timing miss gets one more try, alone
+        again = run_legacy(legacy_suite, *(f"{legacy_suite.name}::{test}" for test in failed))
+        assert again.returncode == 0, done.stdout + again.stdout
+        return
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout
     assert "failed" not in done.stdout

@@ -630,6 +630,11 @@ class _Writer:
                     batch, self.held = self.held, []
                     self.wake.clear()
                 self._write(batch)
+                # close() may have set both events just before the clear above: its
+                # wake-up is gone, so look at closing before waiting again (a hang at
+                # the end of a run, seen once in a few dozen runs)
+                if self.closing.is_set():
+                    return
         finally:
             release(self.store)  # this thread's connection ends with it
 

@@ -560,3 +560,35 @@ def test_explain_says_a_task_below_a_failure_waits_for_reset_failed_tasks(calls:
         "c": Reason.UPSTREAM,
         "d": Reason.RESET,
     }
+
+
+def test_the_writer_thread_ends_when_close_races_with_the_batch_it_takes() -> None:
+    # close() sets `closing` and `wake` at any instant; here just before the thread
+    # clears `wake` to take its batch (the window of a hang seen at a run's end)
+    from taskmap.checkpoint import _Writer
+
+    store: dict[str, bytes] = {}
+    writer = _Writer(store, "exit")
+
+    class RacingLock:
+        def __init__(self) -> None:
+            self.inner = threading.Lock()
+            self.raced = False
+
+        def __enter__(self) -> None:
+            self.inner.acquire()
+            if threading.current_thread() is writer.thread and not self.raced:
+                self.raced = True
+                writer.closing.set()
+                writer.wake.set()
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.release()
+
+    writer.lock = RacingLock()  # type: ignore[assignment]
+    writer.put([("k", b"v")])
+    assert writer.thread is not None
+    writer.thread.join(timeout=5)
+    assert not writer.thread.is_alive(), "the writer thread missed its close"
+    assert writer.close() == []
+    assert store == {"k": b"v"}
