@@ -36,7 +36,7 @@ Rules:
    dies: a watchdog thread blocks on a second pipe whose other end only the driver
    holds, and reading EOF there means the driver is gone.
 5. This module imports only the standard library and cloudpickle, so a new worker
-   starts fast.
+   starts fast; asyncio only when a task returns a coroutine.
 6. Tracebacks name the user's file: a code object shipped by value keeps its
    ``co_filename`` (`_CodePickler`), whatever cloudpickle version sent it.
 7. The data plane's wire: a value whose protocol-5 pickle (in-band part and
@@ -50,7 +50,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import io
@@ -69,9 +68,12 @@ import types
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from types import CoroutineType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "SHARED_MIN",
@@ -370,7 +372,7 @@ def main(
     sys.stdout = _PipeWriter(send, 1)
     sys.stderr = _PipeWriter(send, 2)
     functions: dict[int, Callable[..., Any] | Exception] = {}
-    runner: asyncio.Runner | None = None
+    runner: asyncio.Runner | None = None  # made at the first coroutine (asyncio: imported then)
     send(("ready", os.getpid()))
     try:
         while True:
@@ -420,6 +422,8 @@ def main(
                     raise
                 if type(value) is CoroutineType:
                     if runner is None:
+                        import asyncio
+
                         runner = asyncio.Runner(loop_factory=_new_event_loop())
                     value = runner.run(value)
             except BaseException as exc:
@@ -499,6 +503,8 @@ def call_pickled(fn_blob: bytes, args_blob: bytes) -> tuple[Any, str, float]:
     try:
         value = loads(fn_blob)(*loads(args_blob))
         if type(value) is CoroutineType:
+            import asyncio
+
             with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
                 value = runner.run(value)
         return value, _where(), time.perf_counter() - started
@@ -548,6 +554,8 @@ def _die_with_parent() -> None:
 
 
 def _new_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop

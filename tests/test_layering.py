@@ -248,3 +248,25 @@ def test_import_taskmap_loads_no_optional_dependency() -> None:
     loaded = set(ast.literal_eval(done.stdout))
     assert "taskmap" in loaded
     assert loaded & OPTIONAL == set()
+
+
+def _loaded_by(statement: str) -> list[str]:
+    code = (
+        "import sys; before = set(sys.modules); " + statement + "; "
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith('taskmap')"
+        " or m.split('.')[0] in {'asyncio', 'sqlite3', 'zstandard', 'uvloop', 'tqdm'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True
+    )
+    return ast.literal_eval(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_import_taskmap_loads_no_module_of_its_own_until_a_name_is_used() -> None:
+    # issue 13: a script, the fork server and each worker pay only for what they use
+    assert _loaded_by("import taskmap") == ["taskmap"]
+
+
+def test_the_worker_s_entry_point_loads_the_worker_module_only() -> None:
+    # the fork server preloads taskmap.worker: not the driver, the cache or asyncio
+    assert _loaded_by("import taskmap.worker") == ["taskmap", "taskmap.worker"]
