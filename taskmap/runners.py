@@ -337,23 +337,19 @@ async def arun_parallel_async(
     """
     workers = _workers(ncores, nprocs, default=max(1, (os.cpu_count() or 2) // 2))
     options = _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning)
-    outcomes, target_ids = _prepare(graph, options, parallel=True, observers=observers)
-    backend = _backend(executor, workers, mp_context, graph.name)
-    outcomes.workers = backend.n if isinstance(backend, ProcessPool) else 0
-    driver = AsyncDriver(
-        outcomes,
-        backend,
+    outcomes, driver, backend = _parallel_driver(
+        graph,
+        options,
+        lambda: _backend(executor, workers, mp_context, graph.name),
+        all_on_backend=False,
         drop_results=drop_results,
-        targets=target_ids or (),
-        stall_warning=options.stall_warning,
-        own_signals=False,
+        observers=observers,
     )
     try:
         with _reporting(outcomes, options):
             await driver.arun()
     finally:
-        if isinstance(backend, ProcessPool):
-            backend.close_now()  # a second cancellation can cut aclose short: no orphans
+        _close_now(backend)  # a second cancellation can cut aclose short: no orphans
     return _finish(outcomes, options)
 
 
@@ -450,7 +446,35 @@ def _run_on_loop(
     all_on_backend: bool,
     drop_results: bool,
 ) -> Graph:
-    outcomes, target_ids = _prepare(graph, options, parallel=True)
+    outcomes, driver, backend = _parallel_driver(
+        graph,
+        options,
+        make_backend,
+        all_on_backend=all_on_backend,
+        drop_results=drop_results,
+        own_signals=True,
+    )
+    try:
+        with _reporting(outcomes, options), EventLoop() as loop:
+            loop.run(driver.arun())
+    finally:
+        _close_now(backend)  # a second Ctrl-C can cut aclose short: no orphans
+    return _finish(outcomes, options)
+
+
+def _parallel_driver(
+    graph: Graph,
+    options: _Options,
+    make_backend: Callable[[], Backend],
+    *,
+    all_on_backend: bool,
+    drop_results: bool,
+    observers: Sequence[Observer] = (),
+    own_signals: bool = False,
+) -> tuple[Outcomes, AsyncDriver, Backend]:
+    """The bookkeeping and the asyncio driver of a run with a CPU backend (made once
+    the run's arguments are checked)."""
+    outcomes, target_ids = _prepare(graph, options, parallel=True, observers=observers)
     backend = make_backend()
     outcomes.workers = backend.n if isinstance(backend, ProcessPool) else 0
     driver = AsyncDriver(
@@ -460,14 +484,14 @@ def _run_on_loop(
         drop_results=drop_results,
         targets=target_ids or (),
         stall_warning=options.stall_warning,
+        own_signals=own_signals,
     )
-    try:
-        with _reporting(outcomes, options), EventLoop() as loop:
-            loop.run(driver.arun())
-    finally:
-        if isinstance(backend, ProcessPool):
-            backend.close_now()  # a second Ctrl-C can cut aclose short: no orphans
-    return _finish(outcomes, options)
+    return outcomes, driver, backend
+
+
+def _close_now(backend: Backend) -> None:
+    if isinstance(backend, ProcessPool):
+        backend.close_now()
 
 
 def _listed(targets: Iterable[Hashable]) -> list[Hashable]:
