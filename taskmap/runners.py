@@ -23,7 +23,7 @@ from typing import Any, Literal
 from .backends import Backend
 from .backends.executor import ExecutorBackend
 from .backends.loop import EventLoop
-from .backends.processes import ProcessPool
+from .backends.processes import ProcessPool, function_modules
 from .driver import AsyncDriver, Outcomes, drive_sync
 from .events import Event, Observer
 from .frontier import Frontier
@@ -237,7 +237,7 @@ def run_parallel(
     return _run_on_loop(
         graph,
         _Options(targets, on_error, raise_errors, limits, progress, report, None),
-        lambda: _backend(executor, workers, mp_context, graph.name),
+        lambda: _backend(executor, workers, mp_context, graph),
         all_on_backend=True,
         drop_results=drop_results,
     )
@@ -290,7 +290,7 @@ def run_parallel_async(
     return _run_on_loop(
         graph,
         _Options(targets, on_error, raise_errors, limits, progress, report, stall_warning),
-        lambda: _backend(executor, workers, mp_context, graph.name),
+        lambda: _backend(executor, workers, mp_context, graph),
         all_on_backend=False,
         drop_results=drop_results,
     )
@@ -340,7 +340,7 @@ async def arun_parallel_async(
     outcomes, driver, backend = _parallel_driver(
         graph,
         options,
-        lambda: _backend(executor, workers, mp_context, graph.name),
+        lambda: _backend(executor, workers, mp_context, graph),
         all_on_backend=False,
         drop_results=drop_results,
         observers=observers,
@@ -431,11 +431,12 @@ def _workers(ncores: int | None, nprocs: int | None, *, default: int) -> int:
 
 
 def _backend(
-    executor: Executor | None, workers: int, mp_context: str | BaseContext | None, name: str
+    executor: Executor | None, workers: int, mp_context: str | BaseContext | None, graph: Graph
 ) -> Backend:
     if executor is not None:
         return ExecutorBackend(executor)
-    return ProcessPool(workers, context=mp_context, name=name)
+    preload = function_modules(graph.funcs.values())
+    return ProcessPool(workers, context=mp_context, name=graph.name, preload=preload)
 
 
 def _run_on_loop(

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import io
 import logging
 import logging.handlers
@@ -561,3 +562,30 @@ def _new_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:  # pragma: no cover - platforms without uvloop
         return asyncio.new_event_loop
     return uvloop.new_event_loop
+
+
+#: the modules of a graph's functions, for the fork server to import when it starts
+PRELOAD_VARIABLE = "TASKMAP_PRELOAD"
+
+
+def _preload() -> None:
+    """In a fork server started by taskmap: import the modules its workers will need
+    (`PRELOAD_VARIABLE`: JSON, the modules and the driver's ``sys.path``, which a
+    Python 3.11 fork server does not apply), so each worker forks with them instead
+    of importing them at every run.  One that fails is left for the worker to report."""
+    wanted = os.environ.pop(PRELOAD_VARIABLE, "")
+    if not wanted:
+        return
+    import json
+
+    try:
+        modules, path = json.loads(wanted)
+    except ValueError:
+        return
+    sys.path[:] = [p for p in path if isinstance(p, str)]
+    for name in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
+_preload()

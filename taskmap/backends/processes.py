@@ -48,6 +48,7 @@ import collections
 import contextlib
 import enum
 import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -55,7 +56,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+import types
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import spawn
 from multiprocessing.connection import Connection
@@ -78,7 +80,7 @@ from ..worker import (
     to_segment,
 )
 
-__all__ = ["ProcessPool", "get_context"]
+__all__ = ["ProcessPool", "function_modules", "get_context"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Rule 5: below this mean task duration (seconds) a worker gets its next job queued
@@ -141,10 +143,30 @@ def get_context(method: str | BaseContext | None) -> BaseContext:
         # server has not started yet).
         from multiprocessing import forkserver
 
-        preload = list(getattr(forkserver._forkserver, "_preload_modules", []))
-        if "taskmap.worker" not in preload:
-            context.set_forkserver_preload([*preload, "taskmap.worker"])
+        modules = list(getattr(forkserver._forkserver, "_preload_modules", []))
+        if "taskmap.worker" not in modules:
+            context.set_forkserver_preload([*modules, "taskmap.worker"])
     return context
+
+
+def function_modules(funcs: Iterable[Callable[..., Any]]) -> list[str]:
+    """The modules workers will import to run a graph's functions: the modules of
+    those defined in one, and those that functions of the user's ``__main__`` (shipped
+    by value) name as globals (``pd`` for pandas).  Only modules imported here."""
+    found: dict[str, None] = {}
+    for func in funcs:
+        while isinstance(func, functools.partial):
+            func = func.func
+        module = getattr(func, "__module__", None)
+        if module == "__main__":
+            names = getattr(getattr(func, "__code__", None), "co_names", ())
+            scope = getattr(func, "__globals__", {})
+            for name in names:
+                if isinstance(value := scope.get(name), types.ModuleType):
+                    found.setdefault(value.__name__)
+        elif isinstance(module, str):
+            found.setdefault(module)
+    return [m for m in found if m in sys.modules and not m.startswith(("taskmap", "__"))]
 
 
 class ProcessPool:
@@ -156,12 +178,16 @@ class ProcessPool:
         *,
         context: str | BaseContext | None = None,
         name: str = "taskmap",
+        preload: Iterable[str] = (),
     ) -> None:
         if n < 1:
             raise ValueError(f"a process pool needs at least 1 worker (got {n})")
         self.n = n
         self.name = name
         self.context = get_context(context)
+        #: modules the fork server imports when it starts (`function_modules`), so that
+        #: each worker forks with them instead of importing them at every run
+        self.preload = list(preload)
         self.state = PoolState.NEW
         self.workers: list[_Worker] = []
         self.mean_duration: float | None = None  # of recent tasks, as workers time them
@@ -200,7 +226,7 @@ class ProcessPool:
             name=f"{self.name}-worker-{self.started}",
             daemon=True,
         )
-        with _main_not_rerun():
+        with _main_not_rerun(), _preloading(self.preload):
             process.start()
         child_conn.close()
         alive_r.close()
@@ -581,6 +607,21 @@ def _log_levels() -> dict[str, int]:
 
 
 _START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _preloading(modules: Sequence[str]) -> Iterator[None]:
+    """While a worker starts (and with it, the first time, the fork server), name the
+    modules the server should import: taskmap.worker imports each there and survives
+    one that fails, which multiprocessing's own preload list would not."""
+    if not modules:
+        yield
+        return
+    os.environ[worker_module.PRELOAD_VARIABLE] = json.dumps([list(modules), sys.path])
+    try:
+        yield
+    finally:
+        os.environ.pop(worker_module.PRELOAD_VARIABLE, None)
 
 
 @contextlib.contextmanager

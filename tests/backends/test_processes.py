@@ -663,3 +663,73 @@ def test_a_missing_multiprocessing_internal_is_a_loud_error(monkeypatch):
     ):
         taskmap.run_parallel_async(graph, ncores=1)
     assert workers_left() == set()
+
+
+# -- the fork server imports the modules of a graph's functions once ---------------
+
+PRELOAD_DRIVER = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, sys.argv[1])
+    os.environ["DRIVER_PID"] = str(os.getpid())
+    import taskmap, good_mod, bad_mod
+
+    graph = taskmap.create_graph(
+        {"good": good_mod.work, "also": good_mod.work, "bad": bad_mod.work},
+        {"good": [], "also": [], "bad": []},
+    )
+    graph = taskmap.run_parallel_async(graph, ncores=2)
+    print(graph.results["good"], graph.results["also"], type(graph.results["bad"]).__name__)
+    from multiprocessing import forkserver
+    print("forkserver", forkserver._forkserver._forkserver_pid)
+    """
+)
+
+
+def test_the_fork_server_imports_the_functions_modules_once_and_survives_one_that_fails(
+    tmp_path: Path,
+) -> None:
+    imported = tmp_path / "imported"
+    (tmp_path / "good_mod.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            with open({str(imported)!r}, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+
+            def work():
+                return os.getpid()
+            """
+        )
+    )
+    (tmp_path / "bad_mod.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            if os.environ.get("DRIVER_PID") != str(os.getpid()):
+                raise RuntimeError("this module imports in the driver only")
+
+            def work():
+                return 0
+            """
+        )
+    )
+    script = tmp_path / "driver.py"
+    script.write_text(PRELOAD_DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines, err
+    good, also, bad = lines[0].split()
+    server = int(lines[1].split()[1])
+    importers = [int(pid) for pid in imported.read_text().split()]
+    assert importers == [proc.pid, server]  # the driver, then the server: no worker
+    assert int(good) not in importers
+    assert int(also) not in importers
+    assert bad == "RuntimeError"  # the worker's own import of it fails that task only
