@@ -518,6 +518,7 @@ class AsyncDriver:
         self.threads: ThreadPoolExecutor | None = None
         self.finished: asyncio.Future[None] | None = None
         self.inline_call = False  # a plain function is running on the loop right now
+        self.interrupted = False  # Ctrl-C was pressed (blocking runners only)
         self.backend_started = False
         # tasks waiting to be retried: their timer, and their arguments meanwhile
         self.retrying: dict[int, asyncio.TimerHandle] = {}
@@ -578,6 +579,7 @@ class AsyncDriver:
         def on_sigint(signum: int, frame: FrameType | None) -> None:
             if self.inline_call:
                 raise KeyboardInterrupt
+            self.interrupted = True  # no inline call starts after this (see _run_here)
             previous(signum, frame)
 
         signal.signal(signal.SIGINT, on_sigint)
@@ -703,6 +705,11 @@ class AsyncDriver:
             else:
                 self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
             return
+        if self.interrupted:
+            # Ctrl-C came while the loop was between two calls: the run is being
+            # cancelled, and a plain function started now would block that until
+            # it returns (seen: a 60 s sleep started just after the signal)
+            raise KeyboardInterrupt
         outcomes.started(tid, LOOP)
         self.inline_call = True
         try:

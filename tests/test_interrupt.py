@@ -70,3 +70,40 @@ def test_ctrl_c_raises_keyboard_interrupt_and_keeps_finished_results(
     assert time.monotonic() - sent < 5, "Ctrl-C took too long"
     assert proc.returncode == 3, err
     assert "KeyboardInterrupt; done: ['quick'] kept" in out
+
+
+RACE = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys, time
+    import taskmap
+
+    async def trigger():  # Ctrl-C lands between two tasks: no plain function runs yet
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(60)
+
+    def block():
+        print("block started", flush=True)
+        time.sleep(60)
+
+    graph = taskmap.create_graph(
+        {"trigger": trigger, "block": block}, {"trigger": [], "block": []},
+        io_bound=["trigger"],
+    )
+    try:
+        taskmap.run_async(graph)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+        sys.exit(3)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_between_two_tasks_starts_no_plain_function_after_it(tmp_path: Path):
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 10, "a plain function started after Ctrl-C"
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "KeyboardInterrupt\n"

@@ -198,6 +198,9 @@ class ProcessPool:
         self.env = _thread_limits(n)
         #: task id -> (lane, start, end) of its last attempt, until the driver takes it
         self.spans: dict[int, tuple[str, float, float]] = {}
+        #: slots of the workers still to start (`start` starts one a loop turn)
+        self.unborn: list[int] = []
+        self.spawning: asyncio.Handle | None = None
         #: task id -> what its job's ``post`` returned, until the driver takes it
         self.posts: dict[int, Any] = {}
         #: id -> (value, its segment): large values of the driver's, written once a run
@@ -212,8 +215,30 @@ class ProcessPool:
             raise RuntimeError(f"cannot start a pool that is {self.state.value}")
         self.loop = asyncio.get_running_loop()
         self.state = PoolState.RUNNING
-        for slot in range(1, max(1, min(self.n, tasks)) + 1):
-            self._spawn(slot)
+        self.unborn = list(range(max(1, min(self.n, tasks)), 0, -1))
+        self._spawn_next()
+
+    def _spawn_next(self) -> None:
+        """Start one worker, and the next at the loop's next turn: starting one blocks
+        the loop for a few milliseconds (a fork through the server), and the caller's
+        loop (``arun_*``) keeps serving its own work between two."""
+        self.spawning = None
+        if self.state is not PoolState.RUNNING or not self.unborn:
+            return
+        self._spawn(self.unborn.pop())
+        if self.unborn:
+            assert self.loop is not None
+            self.spawning = self.loop.call_soon(self._guarded_spawn)
+
+    def _guarded_spawn(self) -> None:
+        try:
+            self._spawn_next()
+        except Exception as exc:  # no worker to run the waiting jobs: fail them, no hang
+            self.unborn.clear()
+            for job in list(self.backlog):
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            self.backlog.clear()
 
     def _spawn(self, slot: int) -> None:
         assert self.loop is not None
@@ -246,6 +271,7 @@ class ProcessPool:
             return
         self.state = PoolState.CLOSED
         self._release_exported()
+        self._stop_spawning()
         workers, self.workers = self.workers, []
         for w in workers:
             self._unwatch(w)
@@ -271,11 +297,18 @@ class ProcessPool:
             return
         self.state = PoolState.CLOSED
         self._release_exported()
+        self._stop_spawning()
         for w in self.workers:
             _signal(w.process, "kill")
             w.process.join(2.0)
             _close(w)
         self.workers = []
+
+    def _stop_spawning(self) -> None:
+        self.unborn.clear()
+        if self.spawning is not None:
+            self.spawning.cancel()
+            self.spawning = None
 
     def _release_exported(self) -> None:
         exported, self.exported = self.exported, {}
@@ -287,7 +320,7 @@ class ProcessPool:
     def capacity(self) -> int:
         depth = self._depth()
         free = sum(max(0, depth - len(w.jobs)) for w in self.workers if not w.dead)
-        return free - len(self.backlog)
+        return free + len(self.unborn) - len(self.backlog)  # a worker about to start has room
 
     def _depth(self) -> int:
         """Jobs a worker may hold: 1, or 2 while tasks are tiny (see Rule 5)."""
