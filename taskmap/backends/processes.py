@@ -96,6 +96,9 @@ class PoolState(enum.Enum):
     CLOSED = "closed"
 
 
+_Launched = tuple[BaseProcess, Connection, Connection]  # a process, its pipe, its watchdog end
+
+
 @dataclass(slots=True, eq=False)
 class _Worker:
     process: BaseProcess
@@ -198,9 +201,9 @@ class ProcessPool:
         self.env = _thread_limits(n)
         #: task id -> (lane, start, end) of its last attempt, until the driver takes it
         self.spans: dict[int, tuple[str, float, float]] = {}
-        #: slots of the workers still to start (`start` starts one a loop turn)
+        #: slots of the workers still to start, and 1 while one starts (`start`)
         self.unborn: list[int] = []
-        self.spawning: asyncio.Handle | None = None
+        self.launching = 0
         #: task id -> what its job's ``post`` returned, until the driver takes it
         self.posts: dict[int, Any] = {}
         #: id -> (value, its segment): large values of the driver's, written once a run
@@ -210,38 +213,60 @@ class ProcessPool:
 
     def start(self, tasks: int) -> None:
         """Start the workers on the running loop; no more than ``tasks`` of them (a
-        1-task run starts one).  They handshake in the background."""
+        1-task run starts one).  They start one after another in a thread, off the
+        loop: the first may start the fork server, which imports what workers need
+        (taskmap.worker, the graph's modules: pandas...) before it answers, a second
+        and more that would hold the loop (the caller's, under ``arun_*``).  Jobs
+        wait in the backlog meanwhile."""
         if self.state is not PoolState.NEW:
             raise RuntimeError(f"cannot start a pool that is {self.state.value}")
         self.loop = asyncio.get_running_loop()
         self.state = PoolState.RUNNING
         self.unborn = list(range(max(1, min(self.n, tasks)), 0, -1))
-        self._spawn_next()
+        _check_preparation_data()  # fail here, loudly, rather than in a callback
+        self._launch_next()
 
-    def _spawn_next(self) -> None:
-        """Start one worker, and the next at the loop's next turn: starting one blocks
-        the loop for a few milliseconds (a fork through the server), and the caller's
-        loop (``arun_*``) keeps serving its own work between two."""
-        self.spawning = None
-        if self.state is not PoolState.RUNNING or not self.unborn:
+    def _launch_next(self) -> None:
+        if self.state is not PoolState.RUNNING or not self.unborn or self.launching:
             return
-        self._spawn(self.unborn.pop())
-        if self.unborn:
-            assert self.loop is not None
-            self.spawning = self.loop.call_soon(self._guarded_spawn)
+        assert self.loop is not None
+        slot = self.unborn.pop()
+        self.launching = 1
+        launched = self.loop.run_in_executor(None, self._launch)
+        launched.add_done_callback(functools.partial(self._on_launched, slot))
 
-    def _guarded_spawn(self) -> None:
-        try:
-            self._spawn_next()
-        except Exception as exc:  # no worker to run the waiting jobs: fail them, no hang
-            self.unborn.clear()
+    def _on_launched(self, slot: int, launched: asyncio.Future[_Launched]) -> None:
+        self.launching = 0
+        if launched.cancelled():
+            return
+        error = launched.exception()
+        if error is not None:  # no worker to run the waiting jobs: fail them, no hang
+            self._fail_backlog(error)
+            return
+        process, conn, alive = launched.result()
+        if self.state is not PoolState.RUNNING:  # closed meanwhile: this one goes too
+            _signal(process, "kill")
+            conn.close()
+            alive.close()
+            return
+        self._adopt(slot, process, conn, alive)
+        self._launch_next()
+
+    def _fail_backlog(self, exc: BaseException) -> None:
+        self.unborn.clear()
+        if not self.workers:  # nothing will ever take them
             for job in list(self.backlog):
                 if not job.future.done():
                     job.future.set_exception(exc)
             self.backlog.clear()
 
     def _spawn(self, slot: int) -> None:
-        assert self.loop is not None
+        """Start a worker now, on the loop (a replacement: the server is up)."""
+        self._adopt(slot, *self._launch())
+
+    def _launch(self) -> _Launched:
+        """Start a worker process (blocking: a fork through the server, or a spawn);
+        from the loop or a thread, one at a time."""
         conn, child_conn = self.context.Pipe(duplex=True)
         alive_r, alive_w = self.context.Pipe(duplex=False)
         self.started += 1
@@ -251,12 +276,19 @@ class ProcessPool:
             name=f"{self.name}-worker-{self.started}",
             daemon=True,
         )
-        with _main_not_rerun(), _preloading(self.preload):
-            process.start()
-        child_conn.close()
-        alive_r.close()
+        try:
+            with _main_not_rerun(), _preloading(self.preload):
+                process.start()
+        finally:
+            child_conn.close()
+            alive_r.close()
+        return process, conn, alive_w
+
+    def _adopt(self, slot: int, process: BaseProcess, conn: Connection, alive: Connection) -> None:
+        """Watch a started worker from the loop and give it work."""
+        assert self.loop is not None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
-        worker = _Worker(process, conn, sock, alive_w, slot, pid=process.pid)
+        worker = _Worker(process, conn, sock, alive, slot, pid=process.pid)
         self.workers.append(worker)
         self._drain_backlog()
         self.loop.add_reader(conn.fileno(), self._guarded, self._on_readable, worker)
@@ -305,10 +337,7 @@ class ProcessPool:
         self.workers = []
 
     def _stop_spawning(self) -> None:
-        self.unborn.clear()
-        if self.spawning is not None:
-            self.spawning.cancel()
-            self.spawning = None
+        self.unborn.clear()  # one starting now is killed when it is up (_on_launched)
 
     def _release_exported(self) -> None:
         exported, self.exported = self.exported, {}
@@ -320,7 +349,8 @@ class ProcessPool:
     def capacity(self) -> int:
         depth = self._depth()
         free = sum(max(0, depth - len(w.jobs)) for w in self.workers if not w.dead)
-        return free + len(self.unborn) - len(self.backlog)  # a worker about to start has room
+        # a worker about to start has room: its jobs wait in the backlog
+        return free + len(self.unborn) + self.launching - len(self.backlog)
 
     def _depth(self) -> int:
         """Jobs a worker may hold: 1, or 2 while tasks are tiny (see Rule 5)."""
@@ -657,6 +687,15 @@ def _preloading(modules: Sequence[str]) -> Iterator[None]:
         os.environ.pop(worker_module.PRELOAD_VARIABLE, None)
 
 
+def _check_preparation_data() -> None:
+    if not callable(getattr(spawn, "get_preparation_data", None)):  # 3.14+ may move it
+        raise RuntimeError(
+            "taskmap starts workers without re-running __main__ by patching "
+            "multiprocessing.spawn.get_preparation_data, which this Python "
+            f"({sys.version.split()[0]}) does not have; please report it to taskmap"
+        )
+
+
 @contextlib.contextmanager
 def _main_not_rerun() -> Iterator[None]:
     """Start a worker without re-running the user's ``__main__`` in it.
@@ -667,13 +706,8 @@ def _main_not_rerun() -> Iterator[None]:
     ``__main__`` cross by value with cloudpickle.  So the preparation data a child
     receives is stripped of the main-module entries while a worker starts.
     """
-    original = getattr(spawn, "get_preparation_data", None)
-    if not callable(original):  # a CPython internal: fail loudly if it moves (3.14+)
-        raise RuntimeError(
-            "taskmap starts workers without re-running __main__ by patching "
-            "multiprocessing.spawn.get_preparation_data, which this Python "
-            f"({sys.version.split()[0]}) does not have; please report it to taskmap"
-        )
+    _check_preparation_data()  # a CPython internal: fail loudly if it moves (3.14+)
+    original = spawn.get_preparation_data
 
     def without_main(name: str) -> dict[str, Any]:
         data = original(name)

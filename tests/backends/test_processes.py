@@ -508,7 +508,7 @@ def test_longer_tasks_are_never_queued_behind_one_another(monkeypatch):
 
     def spy(self, job):
         sent = original(self, job)
-        depths.append(max(len(w.jobs) for w in self.workers))
+        depths.append(max((len(w.jobs) for w in self.workers), default=0))
         return sent
 
     monkeypatch.setattr(ProcessPool, "_dispatch", spy)
