@@ -73,7 +73,7 @@ HOPS = CHAINS * STEPS + 1  # 16 steps take one value each; the final task takes 
 SCALE = 1.0001
 MB = 10**6
 COLUMNS = 4  # float64 columns of a frame
-SIZES_MB, QUICK_SIZES_MB = (1, 20, 100, 400), (1,)  # quick: a smoke run, every runner once
+SIZES_MB, QUICK_SIZES_MB = (1, 20, 100, 400), (20,)  # quick: every runner once
 DICTS, QUICK_DICTS = 1_000_000, 2_000
 REPEAT = 3
 SLOW = 10.0  # seconds: a child run that took longer is not repeated
@@ -616,7 +616,7 @@ def versions() -> tuple[list[str], list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 MB, one repeat (smoke)")
+    parser.add_argument("--quick", action="store_true", help="20 MB, one repeat (smoke)")
     parser.add_argument("--sizes", type=int, nargs="+", metavar="MB", help="array sizes in MB")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="value kinds to run")
     parser.add_argument("--repeat", type=int, help=f"runs per figure (default {REPEAT})")
