@@ -4,7 +4,7 @@ Design note
 -----------
 A task's value is stored under a *content-addressed key*: a digest of the task's
 name, its code fingerprint (or the ``version`` given for it) and the digests of the
-inputs it actually received (see `keys`).  Consequences:
+inputs it actually received (see `digest` and `fingerprint`).  Consequences:
 
 1. **A rerun of unchanged work calls nothing.**  Every key is found; values are
    loaded into ``graph.results``.
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from ..errors import CacheWarning, with_article
+from .digest import UnhashableError, digest, task_key
 from .encoders import (
     ENCODERS,
     CorruptEntryError,
@@ -56,7 +57,7 @@ from .encoders import (
     read_header,
     unpack_entry,
 )
-from .keys import Fingerprinter, UnhashableError, digest, task_key
+from .fingerprint import Fingerprinter
 from .store import ChainStore, DirectoryStore, Store, keys_under, open_store, release
 from .store import close as close_store
 
