@@ -25,11 +25,21 @@ detect a torn or corrupted payload.  The header is UTF-8 JSON, read only by
 listings and explanations: ``py`` and ``cp`` (the Python and cloudpickle versions
 that wrote it), ``code`` and ``in`` (the code fingerprint and input digests the
 key was made of), ``task`` (the task's name) and ``t`` (when it was written,
-seconds since the epoch).
+seconds since the epoch).  The *head* of an entry is everything before its payload.
+
+A *signed* entry (a cache with a secret, issue 14) is an entry behind a tag::
+
+    b"TMSG" | version: 1 byte | HMAC-SHA256(secret, key + NUL + entry): 32 bytes | entry
+
+The tag binds the entry to its key, so a signed entry copied under another key
+does not verify either.  A reader with the secret decodes an entry only if its tag
+verifies (`verify_entry`); a reader without one reads signed entries as plain ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import pickle
 import platform
@@ -42,17 +52,25 @@ import cloudpickle
 
 __all__ = [
     "ENCODERS",
+    "HEAD_PROBE",
     "CorruptEntryError",
     "Encoder",
     "JsonEncoder",
     "PickleEncoder",
+    "entry_head",
+    "head_span",
     "pack_entry",
+    "parse_head",
     "read_header",
+    "sign_entry",
     "unpack_entry",
+    "verify_entry",
 ]
 
 MAGIC = b"TMCK"
 FORMAT = 1
+SIGNED = b"TMSG"
+SIGNED_FORMAT = 1
 _COMPRESS_FROM = 512  # smaller payloads rarely shrink, and zstd costs a few microseconds
 _VERSIONS = {"py": platform.python_version(), "cp": cloudpickle.__version__}
 
@@ -132,6 +150,9 @@ class CorruptEntryError(ValueError):
 
 
 _PREFIX = struct.Struct(">4sB16sBIQBI")
+_SIGNED_SIZE = 4 + 1 + 32  # magic, version, tag
+#: how many bytes of an entry `head_span` needs
+HEAD_PROBE = _SIGNED_SIZE + _PREFIX.size
 _NO_OUT = bytes(16)
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
@@ -164,28 +185,32 @@ def pack_entry(payload: bytes, encoder: str, out: bytes, meta: dict[str, Any] | 
 
 def unpack_entry(data: bytes) -> tuple[str, bytes, memoryview]:
     """Split an entry into its encoder's name, its value's digest (b'' when it has
-    none) and its payload, checking the payload.
+    none) and its payload, checking the payload.  A signed entry is read as the entry
+    it wraps: its tag is checked by `verify_entry`, not here.
 
     Raises:
         CorruptEntryError: not an entry, an unknown format version, or a payload
             whose length or CRC does not match.
     """
-    size = len(data)
+    base = _SIGNED_SIZE if data[:4] == SIGNED else 0
+    size = len(data) - base
     if size < _PREFIX.size:
         raise CorruptEntryError(f"entry of {size} bytes is shorter than its prefix")
-    magic, version, out, has_out, crc, length, name_size, head_size = _PREFIX.unpack_from(data)
+    magic, version, out, has_out, crc, length, name_size, head_size = _PREFIX.unpack_from(
+        data, base
+    )
     if magic != MAGIC:
         raise CorruptEntryError("not a taskmap cache entry")
     if version != FORMAT:
         raise CorruptEntryError(f"entry format {version} (this taskmap reads {FORMAT})")
-    start = _PREFIX.size + name_size + head_size
+    start = base + _PREFIX.size + name_size + head_size
     payload = memoryview(data)[start:]
     if len(payload) != length or zlib.crc32(payload) != crc:
         raise CorruptEntryError(
             f"entry payload is torn or corrupt ({len(payload)} bytes, expected {length})"
         )
-    name = bytes(data[_PREFIX.size : _PREFIX.size + name_size]).decode(errors="replace")
-    return name, out if has_out else b"", payload
+    name = bytes(data[base + _PREFIX.size : base + _PREFIX.size + name_size])
+    return name.decode(errors="replace"), out if has_out else b"", payload
 
 
 def read_header(data: bytes) -> dict[str, Any]:
@@ -195,15 +220,93 @@ def read_header(data: bytes) -> dict[str, Any]:
         CorruptEntryError: the entry or its header is damaged.
     """
     name, out, payload = unpack_entry(data)
-    name_size, head_size = _PREFIX.unpack_from(data)[-2:]
+    head = entry_head(data)
+    assert head is not None  # unpack_entry checked the prefix
+    header = _parse_json(head)
+    return {**header, "enc": name, "out": out.hex(), "size": len(payload)}
+
+
+def head_span(data: bytes) -> int | None:
+    """How many leading bytes of an entry hold its head (with a signed entry's tag), from
+    its first `HEAD_PROBE` bytes (or all of it, if shorter); None: not an entry."""
+    base = _SIGNED_SIZE if data[:4] == SIGNED else 0
+    if len(data) < base + _PREFIX.size or data[base : base + 4] != MAGIC:
+        return None
+    name_size, head_size = _PREFIX.unpack_from(data, base)[-2:]
+    return int(base + _PREFIX.size + name_size + head_size)
+
+
+def entry_head(data: bytes) -> bytes | None:
+    """The head of an entry (of the entry a signed one wraps): its prefix, encoder name
+    and header, without the payload; None when ``data`` is not a taskmap entry.
+
+    Reads only the head: the payload is not checked (`unpack_entry` does)."""
+    span = head_span(data)
+    if span is None:
+        return None
+    return bytes(data[_SIGNED_SIZE if data[:4] == SIGNED else 0 : span])
+
+
+def parse_head(head: bytes) -> tuple[str, float, str]:
+    """The task, time written and encoder name recorded in an entry's head.
+
+    Raises:
+        CorruptEntryError: the head is damaged.
+    """
+    if len(head) < _PREFIX.size or head[:4] != MAGIC:
+        raise CorruptEntryError("not a taskmap cache entry")
+    name_size = _PREFIX.unpack_from(head)[-2]
+    name = bytes(head[_PREFIX.size : _PREFIX.size + name_size]).decode(errors="replace")
+    header = _parse_json(head)
+    written = header.get("t", 0.0)
+    return str(header.get("task")), float(written) if _is_number(written) else 0.0, name
+
+
+def _parse_json(head: bytes) -> dict[str, Any]:
+    name_size, head_size = _PREFIX.unpack_from(head)[-2:]
     start = _PREFIX.size + name_size
+    text = bytes(head[start : start + head_size])
+    if len(text) != head_size:
+        raise CorruptEntryError("entry header is torn")
     try:
-        header = json.loads(bytes(data[start : start + head_size]))
+        header = json.loads(text)
     except ValueError:
         raise CorruptEntryError("entry header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CorruptEntryError("entry header is not a JSON object")
-    return {**header, "enc": name, "out": out.hex(), "size": len(payload)}
+    return header
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# -- signed entries ---------------------------------------------------------------------
+
+_HASH_IN_ONE_CALL = 1 << 16  # below: one hmac.digest call on a copy; above: no copy
+
+
+def _tag(secret: bytes, key: str, entry: bytes | memoryview) -> bytes:
+    label = key.encode("utf-8", "surrogatepass") + b"\0"
+    if len(entry) < _HASH_IN_ONE_CALL:
+        return hmac.digest(secret, label + entry, "sha256")
+    mac = hmac.new(secret, label, hashlib.sha256)
+    mac.update(entry)
+    return mac.digest()
+
+
+def sign_entry(secret: bytes, key: str, entry: bytes) -> bytes:
+    """``entry`` behind its tag: an HMAC-SHA256 of the key and the entry's bytes."""
+    return b"".join((SIGNED, bytes((SIGNED_FORMAT,)), _tag(secret, key, entry), entry))
+
+
+def verify_entry(secret: bytes, key: str, data: bytes) -> bool:
+    """Whether ``data`` is an entry signed with ``secret`` for ``key`` (compared in
+    constant time).  An unsigned entry, or one signed with another secret, is not."""
+    if len(data) < _SIGNED_SIZE or data[:4] != SIGNED or data[4] != SIGNED_FORMAT:
+        return False
+    entry = memoryview(data)[_SIGNED_SIZE:]
+    return hmac.compare_digest(bytes(data[5:_SIGNED_SIZE]), _tag(secret, key, entry))
 
 
 def _zstd() -> Any:
