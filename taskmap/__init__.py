@@ -9,6 +9,7 @@ from .checkpoint import DirectoryStore as DirectoryStore
 from .checkpoint import Encoder as Encoder
 from .checkpoint import Explanation as Explanation
 from .checkpoint import Reason as Reason
+from .checkpoint.encoders import Encrypted as Encrypted
 from .checkpoint.encoders import JsonEncoder as JsonEncoder
 from .checkpoint.encoders import PickleEncoder as PickleEncoder
 from .draw import to_dot as to_dot
@@ -20,6 +21,7 @@ from .errors import GraphError as GraphError
 from .errors import GraphvizError as GraphvizError
 from .errors import MissingDependencyError as MissingDependencyError
 from .errors import MissingFunctionError as MissingFunctionError
+from .errors import NoStoredResultError as NoStoredResultError
 from .errors import NotCallableError as NotCallableError
 from .errors import RunStoppedError as RunStoppedError
 from .errors import SerializationError as SerializationError
@@ -38,8 +40,10 @@ from .graph import explain as explain
 from .graph import get_all_children as get_all_children
 from .graph import get_ready_tasks as get_ready_tasks
 from .graph import list_cache as list_cache
+from .graph import load_result as load_result
 from .graph import mark_as_done as mark_as_done
 from .graph import mark_as_done_except as mark_as_done_except
+from .graph import prune_cache as prune_cache
 from .graph import reset_failed_tasks as reset_failed_tasks
 from .graph import reset_tasks as reset_tasks
 from .graph import save_cache as save_cache
@@ -66,6 +70,7 @@ __all__ = [
     "CycleError",
     "DirectoryStore",
     "Encoder",
+    "Encrypted",
     "Explanation",
     "Graph",
     "GraphError",
@@ -73,6 +78,7 @@ __all__ = [
     "JsonEncoder",
     "MissingDependencyError",
     "MissingFunctionError",
+    "NoStoredResultError",
     "NotCallableError",
     "PickleEncoder",
     "Reason",
@@ -97,8 +103,10 @@ __all__ = [
     "get_ready_tasks",
     "in_progress",
     "list_cache",
+    "load_result",
     "mark_as_done",
     "mark_as_done_except",
+    "prune_cache",
     "reset_failed_tasks",
     "reset_tasks",
     "run",

@@ -738,8 +738,9 @@ class _Writer:
         """Write what is due with the uses of ``used`` keys (one transaction), stop the
         thread; return what ``'manual'`` still holds."""
         if self.thread is not None:
-            self.closing.set()
-            self.wake.set()
+            with self.lock:  # not between the thread's look at `closing` and its clear
+                self.closing.set()
+                self.wake.set()
             self.thread.join()
         with self.lock:
             held, self.held = self.held, []
@@ -759,7 +760,8 @@ class _Writer:
                     return
                 with self.lock:
                     batch, self.held = self.held, []
-                    self.wake.clear()
+                    if not self.closing.is_set():  # a lost wake-up hung close() (issue 14)
+                        self.wake.clear()
                 self._write(batch)
         finally:
             release(self.store)  # this thread's connection ends with it

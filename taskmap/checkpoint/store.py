@@ -327,16 +327,17 @@ class DirectoryStore(MutableMapping[str, bytes]):
     ) -> None:
         """Write, delete and record the use of entries in one transaction.
 
-        ``uses``: keys a run read (their last use becomes ``when``, default now); a
-        written entry's last use is the time of writing.
+        ``uses``: keys a run read.  Their last use, and that of the written entries,
+        becomes ``when`` (default: now).
         """
         used = time.time() if when is None else when
 
         def body(db: sqlite3.Connection) -> None:
             if writes:
                 db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", writes)
-                heads = [(entry_head(data), key) for key, data in writes]
-                db.executemany("UPDATE meta SET head = ? WHERE key = ?", heads)
+                # the time of writing as Python tells it (SQL's 'now' has milliseconds)
+                heads = [(entry_head(data), used, key) for key, data in writes]
+                db.executemany("UPDATE meta SET head = ?, used = ? WHERE key = ?", heads)
             if deletes:
                 db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in deletes])
             if uses:
