@@ -50,6 +50,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import threading
@@ -67,7 +68,6 @@ from .encoders import (
     Encoder,
     PickleEncoder,
     pack_entry,
-    parse_head,
     sign_entry,
     unpack_entry,
     verify_entry,
@@ -359,20 +359,18 @@ def prune_options(
 
 
 def _entry(stat: Stat) -> CacheEntry:
-    """A listing's record of an entry, from its head (the task named by its key's
-    prefix when the head is missing or damaged)."""
-    try:
-        if stat.head is None:
-            raise CorruptEntryError("no head")
-        task, written, encoder = parse_head(stat.head)
-    except CorruptEntryError:
-        task, written, encoder = stat.key.partition("/")[0], 0.0, "?"
-    used = written if stat.used is None else stat.used
-    return CacheEntry(task, stat.key, stat.size, written, encoder, used)
+    """A listing's record of an entry (the task named by its key's prefix when its
+    header is missing or damaged)."""
+    key, size, used, task, written, encoder = stat
+    if written is None:
+        written = 0.0
+    if task is None:
+        task = key.partition("/")[0]
+    return CacheEntry(task, key, size, written, encoder or "?", written if used is None else used)
 
 
-def _by_task(entry: CacheEntry) -> tuple[str, str]:
-    return entry.task, entry.key
+#: sort key of listings: by task, then key
+_by_task = operator.attrgetter("task", "key")
 
 
 class CacheRun:

@@ -331,13 +331,27 @@ def entry_head(data: bytes) -> bytes | None:
 def parse_head(head: bytes) -> tuple[str, float, str]:
     """The task, time written and encoder name recorded in an entry's head.
 
+    Fast for the header a run writes (it ends ``"task":"<name>","t":<time>}``: no
+    JSON parser); any other header is parsed as JSON.
+
     Raises:
         CorruptEntryError: the head is damaged.
     """
     if len(head) < _PREFIX.size or head[:4] != MAGIC:
         raise CorruptEntryError("not a taskmap cache entry")
-    name_size = _PREFIX.unpack_from(head)[-2]
-    name = bytes(head[_PREFIX.size : _PREFIX.size + name_size]).decode(errors="replace")
+    name_size, head_size = _PREFIX.unpack_from(head)[-2:]
+    start = _PREFIX.size + name_size
+    name = bytes(head[_PREFIX.size : start]).decode(errors="replace")
+    text = bytes(head[start : start + head_size])
+    t = text.rfind(b',"t":')
+    task = text.rfind(b',"task":"', 0, t)
+    if task >= 0 and text.endswith(b"}") and text[t - 1 : t] == b'"':
+        label = text[task + 9 : t - 1]  # a JSON string's inside: unescaped, no quote in it
+        if b"\\" not in label and b'"' not in label:
+            try:
+                return label.decode(), float(text[t + 5 : -1]), name
+            except ValueError:  # not a plain number: the parser decides
+                pass
     header = _parse_json(head)
     written = header.get("t", 0.0)
     return str(header.get("task")), float(written) if _is_number(written) else 0.0, name

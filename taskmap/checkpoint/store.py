@@ -34,11 +34,13 @@ Rules for the embedded default, `DirectoryStore`:
    left (a `weakref.finalize`, which also runs at interpreter exit).
 6. **Size and use are kept beside the entries** (issue 14), so that listing,
    pruning and trimming never read a value: table ``meta`` holds each key's size,
-   last use and head (the entry without its payload), and ``totals`` the number of
-   entries and their bytes.  Triggers on ``entries`` keep both right whoever
-   writes (an older taskmap too); a run's uses are written with its entries, in the
-   same transactions.  A store made before them is migrated in place when opened
-   (``PRAGMA user_version`` 0 -> 1).
+   last use, and the task, time written and encoder its entry's header names;
+   ``totals`` holds the number of entries, their bytes and the highest rowid of
+   ``entries``.  Every write, deletion and use updates them in the same transaction,
+   set by set (no trigger: a row trigger made deleting 100,000 entries three times
+   slower).  A store made before them is migrated in place when opened (``PRAGMA
+   user_version`` 0 -> 1); one an older taskmap wrote to since is found when opened
+   (a count or the highest rowid differs from ``totals``) and re-indexed.
 7. **A damaged database heals** (issue 14): a file SQLite cannot open or read
    (``SQLITE_NOTADB``, ``SQLITE_CORRUPT``) is moved aside, with its ``-wal`` and
    ``-shm`` files, as ``<file>.corrupt-<timestamp>``, a `CacheWarning` names both
@@ -49,10 +51,9 @@ Rules for the embedded default, `DirectoryStore`:
 
 ::
 
-    driver thread ─ get, get_many ───────────┐
-    writer thread ─ commit(writes, uses) ────┼─► entries ──triggers──► meta ──triggers──► totals
-    prune, trim ─ stat_under, trim ──────────┘   (key, value)          (key, size,        (entries,
-                                                                       used, head)        bytes)
+    driver thread ─ get, get_many ───────────┐          entries (key, value)
+    writer thread ─ commit(writes, uses) ────┼─► one ─► meta (key, size, used, task, written, enc)
+    prune, trim ─ stat_under, drop ──────────┘   txn    totals (entries, bytes, highest rowid)
 """
 
 from __future__ import annotations
@@ -81,31 +82,14 @@ T = TypeVar("T")
 DB_NAME = "taskmap-cache.sqlite3"
 SCHEMA_VERSION = 1
 _SCHEMA = "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
-_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # seconds since the epoch, in SQL
 #: schema version 1: what rule 6 keeps beside the entries
 _SCHEMA_1 = (
+    # small rows, read in key order: clustered on the key (no rowid, no second b-tree)
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
-    " used REAL NOT NULL, head BLOB)",
+    " used REAL NOT NULL, task TEXT, written REAL, enc TEXT) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS meta_used ON meta (used)",
     "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " entries INTEGER NOT NULL, bytes INTEGER NOT NULL)",
-    "INSERT OR IGNORE INTO totals VALUES (0, 0, 0)",
-    # INSERT OR REPLACE fires no delete trigger: the insert trigger updates the row
-    "CREATE TRIGGER IF NOT EXISTS entries_insert AFTER INSERT ON entries BEGIN"
-    f" INSERT INTO meta (key, size, used, head) VALUES (new.key, length(new.value), {_NOW}, NULL)"
-    " ON CONFLICT (key) DO UPDATE SET size = excluded.size, used = excluded.used, head = NULL;"
-    " END",
-    "CREATE TRIGGER IF NOT EXISTS entries_update AFTER UPDATE OF value ON entries BEGIN"
-    f" UPDATE meta SET size = length(new.value), used = {_NOW}, head = NULL"
-    " WHERE key = new.key; END",
-    "CREATE TRIGGER IF NOT EXISTS entries_delete AFTER DELETE ON entries BEGIN"
-    " DELETE FROM meta WHERE key = old.key; END",
-    "CREATE TRIGGER IF NOT EXISTS meta_insert AFTER INSERT ON meta BEGIN"
-    " UPDATE totals SET entries = entries + 1, bytes = bytes + new.size; END",
-    "CREATE TRIGGER IF NOT EXISTS meta_resize AFTER UPDATE OF size ON meta BEGIN"
-    " UPDATE totals SET bytes = bytes - old.size + new.size; END",
-    "CREATE TRIGGER IF NOT EXISTS meta_delete AFTER DELETE ON meta BEGIN"
-    " UPDATE totals SET entries = entries - 1, bytes = bytes - old.size; END",
+    " entries INTEGER NOT NULL, bytes INTEGER NOT NULL, mark INTEGER NOT NULL)",
 )
 _GET = "SELECT value FROM entries WHERE key = ?"
 _HIGHEST = "\U0010ffff"  # sorts after every character a key may hold
@@ -117,14 +101,16 @@ class Stat(NamedTuple):
     """What a listing knows of an entry without reading its value.
 
     ``used``: when a run last wrote or read it (None: the store does not record use);
-    ``head``: the entry without its payload (`encoders.entry_head`), None when the
-    value is not a taskmap entry.
+    ``task``, ``written``, ``enc``: what the entry's header says (None when the value
+    is not a taskmap entry, or its header is damaged).
     """
 
     key: str
     size: int
     used: float | None
-    head: bytes | None
+    task: str | None = None
+    written: float | None = None
+    enc: str | None = None
 
 
 class DirectoryStore(MutableMapping[str, bytes]):
@@ -147,7 +133,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
         self._finalizer = weakref.finalize(self, _close_all, self._connections)
         self._generation = 0  # bumped when the file is replaced: every thread reconnects
         self._notes: collections.deque[str] = collections.deque()  # warnings not given yet
-        self._db()  # fail now, naming the file, rather than in the middle of a run
+        self._read(_check)  # fail now, naming the file, rather than in the middle of a run
         self._warn_notes()
 
     def __repr__(self) -> str:
@@ -196,11 +182,14 @@ class DirectoryStore(MutableMapping[str, bytes]):
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on a new file only
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # pruning and trimming walk many pages of entries and meta at once; SQLite's
+            # default (2 MB) would read most of them twice.  Memory grows only if used.
+            db.execute("PRAGMA cache_size = -32768")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 _migrate(db)
             else:  # reads the schema: a damaged first page fails here, not mid-run
-                db.execute("SELECT entries, bytes FROM totals").fetchone()
+                db.execute("SELECT entries, bytes, mark FROM totals").fetchone()
         except BaseException:
             db.close()
             raise
@@ -325,21 +314,24 @@ class DirectoryStore(MutableMapping[str, bytes]):
         uses: Sequence[str] = (),
         when: float | None = None,
     ) -> None:
-        """Write, delete and record the use of entries in one transaction.
+        """Write, delete and record the use of entries in one transaction (rule 6).
 
         ``uses``: keys a run read.  Their last use, and that of the written entries,
         becomes ``when`` (default: now).
         """
         used = time.time() if when is None else when
+        final = dict(writes)  # the last write of a key wins
 
         def body(db: sqlite3.Connection) -> None:
-            if writes:
-                db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", writes)
-                # the time of writing as Python tells it (SQL's 'now' has milliseconds)
-                heads = [(entry_head(data), used, key) for key, data in writes]
-                db.executemany("UPDATE meta SET head = ?, used = ? WHERE key = ?", heads)
+            if final:
+                count, size = _sizes(db, list(final))  # of the entries replaced
+                db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", final.items())
+                meta = [(k, len(d), used, *_fields(d)) for k, d in final.items()]
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)", meta)
+                added = sum(row[1] for row in meta)
+                db.execute(_COUNT, (len(meta) - count, added - size))
             if deletes:
-                db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in deletes])
+                _drop(db, deletes)
             if uses:
                 db.executemany("UPDATE meta SET used = ? WHERE key = ?", [(used, k) for k in uses])
 
@@ -354,8 +346,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
         keys = list(keys)
 
         def body(db: sqlite3.Connection) -> int:
-            sql = "DELETE FROM entries WHERE key = ?"
-            return int(db.executemany(sql, [(key,) for key in keys]).rowcount)
+            return _drop(db, keys)
 
         count = self._write(body)
         if count:
@@ -375,15 +366,69 @@ class DirectoryStore(MutableMapping[str, bytes]):
         return [key for (key,) in rows]
 
     def stat_under(self, prefixes: Sequence[str]) -> list[Stat]:
-        """Size, last use and head of every entry starting with one of ``prefixes``
-        (``['']``: every entry), read from ``meta``: no value is read, except the head
-        of an entry written without one (by an older taskmap)."""
+        """A `Stat` of every key starting with one of ``prefixes`` (``['']``: every
+        key), in no particular order, read from ``meta``: no value is read, except the
+        head of an entry written by an older taskmap (``last`` records are not read)."""
 
         def read(db: sqlite3.Connection) -> list[Stat]:
-            rows = _under(db, "e.key, e.size, e.used, e.head", "meta", prefixes)
-            return [Stat(*row) if row[3] is not None else _stat_of(db, *row) for row in rows]
+            columns = "e.key, e.size, e.used, e.task, e.written, e.enc"
+            stats = list(map(Stat._make, _under(db, columns, "meta", prefixes)))
+            for i, stat in enumerate(stats):
+                if stat.task is None and not stat.key.endswith("/last"):
+                    stats[i] = _stat_of(db, stat.key, stat.size, stat.used)
+            return stats
 
         return self._read(read)
+
+    def prune(
+        self, prefixes: Sequence[str], keep_last: int | None, cutoff: float | None
+    ) -> list[Stat] | None:
+        """`prune` in SQL: rank each prefix's entries by last use, drop those ranked
+        past ``keep_last`` or last used before ``cutoff``, all set by set.  Returns what
+        was dropped, or None where SQLite has no ``json_each`` (prune in Python)."""
+        if not _JSON_EACH.get(sqlite3.sqlite_version, True):
+            return None
+        ranked = (
+            "SELECT e.key, e.size, e.used, e.task, e.written, e.enc, row_number() OVER"
+            " (PARTITION BY p.value ORDER BY e.used DESC) AS rank FROM json_each(?1) AS p"
+            " JOIN meta AS e ON e.key >= p.value AND e.key < p.value || char(1114111)"
+            " WHERE substr(e.key, -5) != '/last'"
+        )
+        select = (
+            "INSERT INTO temp.doomed SELECT key, size, used, task, written, enc"
+            f" FROM ({ranked}) WHERE rank > ?2 OR used < ?3"
+        )
+        params = (
+            json.dumps(list(prefixes)),
+            2**62 if keep_last is None else keep_last,
+            -1.0 if cutoff is None else cutoff,
+        )
+
+        def body(db: sqlite3.Connection) -> list[Stat]:
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS doomed (key TEXT PRIMARY KEY, size INTEGER,"
+                " used REAL, task TEXT, written REAL, enc TEXT)"
+            )
+            db.execute("DELETE FROM temp.doomed")
+            db.execute(select, params)
+            count, size = db.execute("SELECT count(*), total(size) FROM temp.doomed").fetchone()
+            db.execute("DELETE FROM meta WHERE key IN (SELECT key FROM temp.doomed)")
+            db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM temp.doomed)")
+            db.execute(_COUNT, (-count, -int(size)))
+            dropped = list(map(Stat._make, db.execute("SELECT * FROM temp.doomed")))
+            db.execute("DELETE FROM temp.doomed")
+            return dropped
+
+        try:
+            dropped = self._write(body)
+        except sqlite3.OperationalError as exc:  # SQLite built without JSON
+            if "json_each" not in str(exc):
+                raise
+            _JSON_EACH[sqlite3.sqlite_version] = False
+            return None
+        if dropped:
+            self._vacuum()
+        return dropped
 
     def usage(self) -> tuple[int, int]:
         """``(entries, bytes)``: how many keys the store holds and their size in bytes."""
@@ -400,7 +445,8 @@ class DirectoryStore(MutableMapping[str, bytes]):
             if excess <= 0:
                 return []
             dropped: list[Stat] = []
-            rows = db.execute("SELECT key, size, used, head FROM meta ORDER BY used")
+            columns = "key, size, used, task, written, enc"
+            rows = db.execute(f"SELECT {columns} FROM meta ORDER BY used")
             for row in rows:
                 if row[0].endswith("/last"):
                     continue
@@ -409,7 +455,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
                 if excess <= 0:
                     break
             rows.close()
-            db.executemany("DELETE FROM entries WHERE key = ?", [(s.key,) for s in dropped])
+            _drop(db, [s.key for s in dropped])
             return dropped
 
         dropped = self._write(body)
@@ -452,6 +498,12 @@ class DirectoryStore(MutableMapping[str, bytes]):
         self._local = threading.local()
 
 
+def _check(db: sqlite3.Connection) -> None:
+    """Re-index a store an older taskmap wrote to since (rule 6)."""
+    if not _consistent(db):
+        _reindex(db)
+
+
 def _damaged(exc: sqlite3.DatabaseError) -> bool:
     """Whether SQLite said the file is not a database, or is corrupt (rule 7)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -481,50 +533,111 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute(_SCHEMA)
         for statement in _SCHEMA_1:
             db.execute(statement)
-        rows = db.execute("SELECT rowid, key, length(value) FROM entries").fetchall()
-        now = time.time()
-        meta = []
-        for rowid, key, size in rows:
-            stat = _stat_of(db, key, size, now, None, rowid)
-            written = _written(stat.head)
-            meta.append((key, size, now if written is None else min(written, now), stat.head))
-        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?)", meta)
+        _index(db, {})
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     _transaction(db, body)
 
 
+def _index(db: sqlite3.Connection, used: Mapping[str, float]) -> None:
+    """(Re)build ``meta`` and ``totals`` from the entries (their heads only), keeping
+    the last use of the keys in ``used``; unknown, it is when the entry was written."""
+    rows = db.execute("SELECT rowid, key, length(value) FROM entries").fetchall()
+    now = time.time()
+    meta = []
+    for rowid, key, size in rows:
+        stat = _stat_of(db, key, size, now, rowid)
+        last = used.get(key, now if stat.written is None else min(stat.written, now))
+        meta.append((key, size, last, stat.task, stat.written, stat.enc))
+    db.execute("DELETE FROM meta")
+    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)", meta)
+    db.execute("DELETE FROM totals")
+    db.execute(
+        "INSERT INTO totals VALUES (0, ?, ?, (SELECT coalesce(max(rowid), 0) FROM entries))",
+        (len(meta), sum(row[1] for row in meta)),
+    )
+
+
+def _consistent(db: sqlite3.Connection) -> bool:
+    """Whether ``totals`` still counts what ``entries`` holds: an older taskmap writing
+    to a migrated store changes the count or the highest rowid without telling it."""
+    found = db.execute("SELECT count(*), coalesce(max(rowid), 0) FROM entries").fetchone()
+    kept = db.execute("SELECT entries, mark FROM totals").fetchone()
+    return tuple(found) == tuple(kept)
+
+
+def _reindex(db: sqlite3.Connection) -> None:
+    """Rebuild ``meta`` after an older taskmap wrote to the store (rare: O(entries))."""
+
+    def body(db: sqlite3.Connection) -> None:
+        if not _consistent(db):  # another process may have done it meanwhile
+            _index(db, dict(db.execute("SELECT key, used FROM meta").fetchall()))
+
+    _transaction(db, body)
+
+
+_COUNT = (
+    "UPDATE totals SET entries = entries + ?, bytes = bytes + ?,"
+    " mark = (SELECT coalesce(max(rowid), 0) FROM entries)"
+)
+_CHUNK = 500  # keys per statement: SQLite caps the parameters of one
+
+
+def _sizes(db: sqlite3.Connection, keys: Sequence[str]) -> tuple[int, int]:
+    """How many of ``keys`` ``meta`` holds, and their bytes."""
+    count = size = 0
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT count(*), total(size) FROM meta WHERE key IN ({marks})"
+        n, total = db.execute(sql, chunk).fetchone()
+        count, size = count + n, size + int(total)
+    return count, size
+
+
+def _drop(db: sqlite3.Connection, keys: Iterable[str]) -> int:
+    """Delete ``keys`` from entries and meta, in key order (the b-trees' order), and
+    count them out of totals; return how many entries went.  Call in a transaction."""
+    keys = sorted(set(keys))
+    count, size = _sizes(db, keys)
+    gone = 0
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        db.execute(f"DELETE FROM meta WHERE key IN ({marks})", chunk)
+        gone += db.execute(f"DELETE FROM entries WHERE key IN ({marks})", chunk).rowcount
+    db.execute(_COUNT, (-count, -size))
+    return gone
+
+
 def _stat_of(
-    db: sqlite3.Connection,
-    key: str,
-    size: int,
-    used: float | None,
-    head: bytes | None,
-    rowid: int | None = None,
+    db: sqlite3.Connection, key: str, size: int, used: float | None, rowid: int | None = None
 ) -> Stat:
-    """A `Stat` whose head is read from the value's first bytes (incremental blob I/O:
-    the rest of the value is not read)."""
+    """A `Stat` from the entry's head, read from the value's first bytes (incremental
+    blob I/O: the rest of the value is not read)."""
     if rowid is None:
         row = db.execute("SELECT rowid FROM entries WHERE key = ?", (key,)).fetchone()
         if row is None:
-            return Stat(key, size, used, None)
+            return Stat(key, size, used)
         rowid = row[0]
     with db.blobopen("entries", "value", rowid, readonly=True) as blob:
         span = head_span(blob.read(HEAD_PROBE))
-        if span is not None:
-            blob.seek(0)
-            head = entry_head(blob.read(span))
-    return Stat(key, size, used, head)
+        if span is None:
+            return Stat(key, size, used)
+        blob.seek(0)
+        return Stat(key, size, used, *_fields(blob.read(span)))
 
 
-def _written(head: bytes | None) -> float | None:
-    """When an entry was written, from its head (None if it does not say)."""
+def _fields(data: bytes) -> tuple[str | None, float | None, str | None]:
+    """The task, time written and encoder an entry's header names (Nones: not an
+    entry, or a damaged header)."""
+    head = entry_head(data)
     if head is None:
-        return None
+        return None, None, None
     try:
-        return parse_head(head)[1] or None
+        return parse_head(head)
     except CorruptEntryError:
-        return None
+        return None, None, None
 
 
 _JSON_EACH: dict[str, bool] = {}  # sqlite version -> whether json_each exists
@@ -668,22 +781,23 @@ def keys_under_many(store: Store, prefixes: Sequence[str]) -> set[str] | None:
 
 
 def stat_under(store: Store, prefixes: Sequence[str]) -> list[Stat]:
-    """A `Stat` of every entry under ``prefixes``, sorted by key; from the store's own
-    records when it keeps them (no value is read), else by reading each value."""
+    """A `Stat` of every entry under ``prefixes``, in no particular order; from the
+    store's own records when it keeps them (no value is read), else by reading each
+    value."""
     if isinstance(store, DirectoryStore):
-        return sorted(store.stat_under(prefixes))
+        return store.stat_under(prefixes)
     if isinstance(store, ChainStore):
         seen: dict[str, Stat] = {}
         for inner in store.stores:  # the first store's entry is the one a run reads
             for stat in stat_under(inner, prefixes):
                 seen.setdefault(stat.key, stat)
-        return sorted(seen.values())
+        return list(seen.values())
     found = []
     keys = sorted({key for prefix in prefixes for key in keys_under(store, prefix)})
     for key in keys:
         data = store.get(key)
         if data is not None:
-            found.append(Stat(key, len(data), None, entry_head(data)))
+            found.append(Stat(key, len(data), None, *_fields(data)))
     return found
 
 
@@ -739,7 +853,7 @@ def _last_use(stat: Stat) -> float:
     """When an entry was last used: recorded by the store, else when it was written."""
     if stat.used is not None:
         return stat.used
-    return _written(stat.head) or 0.0
+    return stat.written or 0.0
 
 
 def _is_value(stat: Stat) -> bool:
@@ -759,6 +873,10 @@ def prune(
     ``older_than`` seconds ago.  ``last`` records stay.  Returns what was dropped."""
     now = time.time() if now is None else now
     cutoff = None if older_than is None else now - older_than
+    if isinstance(store, DirectoryStore):
+        found = store.prune(prefixes, keep_last, cutoff)
+        if found is not None:
+            return found
     groups: dict[str, list[tuple[float, Stat]]] = collections.defaultdict(list)
     for stat in stat_under(store, prefixes):
         if _is_value(stat):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import gc
+import json
 import multiprocessing
 import operator
 import os
@@ -25,7 +26,6 @@ from taskmap.checkpoint.encoders import (
     CorruptEntryError,
     JsonEncoder,
     PickleEncoder,
-    entry_head,
     pack_entry,
     read_header,
     unpack_entry,
@@ -280,10 +280,15 @@ def test_a_store_made_before_use_was_recorded_is_migrated_in_place(tmp_path: Pat
     assert store.usage() == (4, sum(map(len, items.values())))
     stats = {s.key: s for s in store.stat_under([""])}
     assert {k: s.size for k, s in stats.items()} == {k: len(v) for k, v in items.items()}
-    assert stats["a-1/" + "0" * 32].head == entry_head(items["a-1/" + "0" * 32])
-    assert stats["mine"].head is None
-    assert stats["a-1/" + "0" * 32].used == 1000.0  # last use unknown: when it was written
-    assert stats["b-2/" + "1" * 32].used == 2000.0
+    assert stats["a-1/" + "0" * 32][1:] == (
+        len(items["a-1/" + "0" * 32]),
+        1000.0,
+        "a",
+        1000.0,
+        "pickle",
+    )
+    assert stats["b-2/" + "1" * 32].used == 2000.0  # last use unknown: when it was written
+    assert stats["mine"][3:] == (None, None, None)  # not a taskmap entry
     store.close()
     db = sqlite3.connect(tmp_path / "s" / DB_NAME)
     assert db.execute("PRAGMA user_version").fetchone() == (1,)
@@ -291,21 +296,28 @@ def test_a_store_made_before_use_was_recorded_is_migrated_in_place(tmp_path: Pat
     assert DirectoryStore(tmp_path / "s").usage() == (4, sum(map(len, items.values())))
 
 
-def test_size_and_use_follow_every_writer_even_one_that_knows_nothing_of_them(
-    tmp_path: Path,
-) -> None:
+def test_a_store_an_older_taskmap_wrote_to_is_reindexed_when_opened(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "s")
-    store.update({"t-1/a": entry("t", 1), "t-1/b": entry("t", 2)})
-    db = sqlite3.connect(tmp_path / "s" / DB_NAME, isolation_level=None)  # an older taskmap
-    db.execute("INSERT OR REPLACE INTO entries VALUES ('t-1/a', ?)", (entry("t", "longer value"),))
-    db.execute("INSERT INTO entries VALUES ('t-1/c', ?)", (entry("t", 3),))
-    db.execute("DELETE FROM entries WHERE key = 't-1/b'")
-    db.close()
-    values = dict(store.items())
-    assert store.usage() == (2, sum(map(len, values.values())))
-    stats = store.stat_under(["t-1/"])
-    assert [(s.key, s.size) for s in stats] == [(k, len(v)) for k, v in sorted(values.items())]
-    assert [s.head for s in stats] == [entry_head(v) for _, v in sorted(values.items())]
+    store.update({"t-1/a": entry("t", 1), "t-1/b": entry("t", 2), "t-1/d": entry("t", 4)})
+    store.commit(uses=["t-1/d"], when=5.0)
+    store.close()
+    for statements in (  # what an older taskmap does: the entries table only
+        ["INSERT OR REPLACE INTO entries VALUES ('t-1/a', ?)"],
+        ["INSERT INTO entries VALUES ('t-1/c', ?)"],
+        ["DELETE FROM entries WHERE key = 't-1/b'"],
+    ):
+        db = sqlite3.connect(tmp_path / "s" / DB_NAME, isolation_level=None)
+        for sql in statements:
+            db.execute(sql, (entry("t", "a longer value", t=7.0),) if "?" in sql else ())
+        db.close()
+        store = DirectoryStore(tmp_path / "s")
+        values = dict(store.items())
+        assert store.usage() == (len(values), sum(map(len, values.values())))
+        stats = {s.key: s for s in store.stat_under(["t-1/"])}
+        assert {k: s.size for k, s in stats.items()} == {k: len(v) for k, v in values.items()}
+        assert stats["t-1/d"].used == 5.0  # a known key keeps its last use
+        store.close()
+    assert stats["t-1/c"][2:] == (7.0, "t", 7.0, "pickle")  # a new one: when written
 
 
 def test_trim_drops_least_recently_used_entries_and_keeps_last_records(tmp_path: Path) -> None:
@@ -436,3 +448,18 @@ def test_a_bad_duration_is_a_value_error_naming_it(value: object) -> None:
         r"'30d' or '12h' " + re.escape(f"(got {value!r})") + "$",
     ):
         parse_duration("older_than", value)
+
+
+@pytest.mark.parametrize(
+    "task", ["load", 'quote " in it', "back\\slash", ',"t":1', "é", ("tuple", 1)]
+)
+def test_a_head_says_task_time_and_encoder_whatever_the_name(task: object) -> None:
+    from taskmap.checkpoint.encoders import entry_head, parse_head
+
+    label = task if isinstance(task, str) else repr(task)
+    fast = f'"code":"00","in":[],"task":{json.dumps(label)},"t":1234.5'  # as a run writes it
+    for meta in (fast, {"t": 1234.5, "task": label, "extra": [1, 2]}):
+        data = pack_entry(b"P", "json", b"", meta)
+        head = entry_head(data)
+        assert head is not None
+        assert parse_head(head) == (label, 1234.5, "json")
