@@ -49,6 +49,7 @@ from _common import fmt_seconds, goal_line, machine, median
 from bench_checkpoint import checkpoint_graph, checksum
 
 import taskmap
+import taskmap.checkpoint.store as store_module
 from taskmap.checkpoint import Checkpoint
 from taskmap.checkpoint.encoders import PickleEncoder, pack_entry
 from taskmap.checkpoint.store import DB_NAME, DirectoryStore
@@ -245,6 +246,7 @@ def daily(day: int, cache: Path, limit: int | None) -> taskmap.Graph:
 def bench_year(days: int, base: Path) -> tuple[bool, str]:
     print(f"\n3. a year of daily runs: {days} runs, the input changing every day, cache_limit set")
     cache = base / "year"
+    store_module.USE_RESOLUTION = 0.0  # the days are milliseconds apart here
     first = taskmap.run(daily(0, cache, None))
     store = first.checkpoint.store  # type: ignore[union-attr]
     day_bytes = store.usage()[1]

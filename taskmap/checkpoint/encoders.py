@@ -378,30 +378,56 @@ def _is_number(value: object) -> bool:
 
 # -- signed entries ---------------------------------------------------------------------
 
-_HASH_IN_ONE_CALL = 1 << 16  # below: one hmac.digest call on a copy; above: no copy
+
+class _Mac:
+    """HMAC-SHA256 (RFC 2104) with the key's two padded blocks hashed once, not per
+    entry: half the cost of ``hmac.digest`` on a small entry, the same tag."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > 64:  # the SHA-256 block size
+            secret = hashlib.sha256(secret).digest()
+        secret = secret.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in secret))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in secret))
+
+    def tag(self, key: str, entry: bytes | memoryview) -> bytes:
+        inner = self._inner.copy()
+        inner.update(key.encode("utf-8", "surrogatepass") + b"\0")
+        inner.update(entry)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_MACS: dict[bytes, _Mac] = {}
 
 
 def _tag(secret: bytes, key: str, entry: bytes | memoryview) -> bytes:
-    label = key.encode("utf-8", "surrogatepass") + b"\0"
-    if len(entry) < _HASH_IN_ONE_CALL:
-        return hmac.digest(secret, label + entry, "sha256")
-    mac = hmac.new(secret, label, hashlib.sha256)
-    mac.update(entry)
-    return mac.digest()
+    mac = _MACS.get(secret)
+    if mac is None:
+        if len(_MACS) >= 16:  # a process rarely holds more than one or two secrets
+            _MACS.clear()
+        mac = _MACS[secret] = _Mac(secret)
+    return mac.tag(key, entry)
+
+
+_SIGNED_START = SIGNED + bytes((SIGNED_FORMAT,))
 
 
 def sign_entry(secret: bytes, key: str, entry: bytes) -> bytes:
     """``entry`` behind its tag: an HMAC-SHA256 of the key and the entry's bytes."""
-    return b"".join((SIGNED, bytes((SIGNED_FORMAT,)), _tag(secret, key, entry), entry))
+    return b"".join((_SIGNED_START, _tag(secret, key, entry), entry))
 
 
 def verify_entry(secret: bytes, key: str, data: bytes) -> bool:
     """Whether ``data`` is an entry signed with ``secret`` for ``key`` (compared in
     constant time).  An unsigned entry, or one signed with another secret, is not."""
-    if len(data) < _SIGNED_SIZE or data[:4] != SIGNED or data[4] != SIGNED_FORMAT:
+    if data[:5] != _SIGNED_START:
         return False
     entry = memoryview(data)[_SIGNED_SIZE:]
-    return hmac.compare_digest(bytes(data[5:_SIGNED_SIZE]), _tag(secret, key, entry))
+    return hmac.compare_digest(data[5:_SIGNED_SIZE], _tag(secret, key, entry))
 
 
 def _zstd() -> Any:

@@ -92,6 +92,9 @@ _SCHEMA_1 = (
     " entries INTEGER NOT NULL, bytes INTEGER NOT NULL, mark INTEGER NOT NULL)",
 )
 _GET = "SELECT value FROM entries WHERE key = ?"
+#: seconds: last uses are recorded to this resolution (least-recently-used order among
+#: entries used within it is the order they were written in)
+USE_RESOLUTION = 60.0
 _HIGHEST = "\U0010ffff"  # sorts after every character a key may hold
 #: result codes (the low byte of an extended code) of a file SQLite cannot use
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -185,6 +188,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
             # pruning and trimming walk many pages of entries and meta at once; SQLite's
             # default (2 MB) would read most of them twice.  Memory grows only if used.
             db.execute("PRAGMA cache_size = -32768")
+            db.execute("PRAGMA temp_store = MEMORY")  # prune's temporary table
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version < SCHEMA_VERSION:
                 _migrate(db)
@@ -317,7 +321,8 @@ class DirectoryStore(MutableMapping[str, bytes]):
         """Write, delete and record the use of entries in one transaction (rule 6).
 
         ``uses``: keys a run read.  Their last use, and that of the written entries,
-        becomes ``when`` (default: now).
+        becomes ``when`` (default: now); a use within `USE_RESOLUTION` seconds of the
+        last one recorded is not written (a rerun loop dirties no page).
         """
         used = time.time() if when is None else when
         final = dict(writes)  # the last write of a key wins
@@ -332,8 +337,11 @@ class DirectoryStore(MutableMapping[str, bytes]):
                 db.execute(_COUNT, (len(meta) - count, added - size))
             if deletes:
                 _drop(db, deletes)
-            if uses:
-                db.executemany("UPDATE meta SET used = ? WHERE key = ?", [(used, k) for k in uses])
+            if uses:  # a use within USE_RESOLUTION of the last one writes nothing
+                recent = used - USE_RESOLUTION
+                rows = [(used, k, recent) for k in uses]
+                sql = "UPDATE meta SET used = ?1 WHERE key = ?2 AND (used < ?3 OR used > ?1)"
+                db.executemany(sql, rows)
 
         self._write(body)
 
@@ -467,7 +475,8 @@ class DirectoryStore(MutableMapping[str, bytes]):
         """Give freed pages back to the file system (a store made with incremental
         auto-vacuum: every store made by this version)."""
         with contextlib.suppress(sqlite3.OperationalError):  # busy: the next one will
-            self._db().execute("PRAGMA incremental_vacuum")
+            # one page a step: executescript steps it to the end (execute steps once)
+            self._db().executescript("PRAGMA incremental_vacuum;")
 
     def __iter__(self) -> Iterator[str]:
         rows = self._read(lambda db: db.execute("SELECT key FROM entries ORDER BY key").fetchall())

@@ -463,3 +463,17 @@ def test_a_head_says_task_time_and_encoder_whatever_the_name(task: object) -> No
         head = entry_head(data)
         assert head is not None
         assert parse_head(head) == (label, 1234.5, "json")
+
+
+def test_dropped_entries_give_their_pages_back_to_the_file_system(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({f"t-1/{i:05d}": entry("t", os.urandom(2000)) for i in range(1000)})
+    store.close()
+    full = (tmp_path / "s" / DB_NAME).stat().st_size
+    assert full > 2_000_000
+    assert store.delete([f"t-1/{i:05d}" for i in range(990)]) == 990
+    assert [s.key for s in store.trim(10_000)] == [f"t-1/{i:05d}" for i in range(990, 996)]
+    store.close()  # the last connection checkpoints the log into the file
+    assert (tmp_path / "s" / DB_NAME).stat().st_size < full / 20
+    assert store.usage() == (4, sum(len(v) for v in store.values()))
+    assert store.usage()[1] <= 10_000

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import taskmap
+import taskmap.checkpoint.store as store_module
 from taskmap import Reason
 from taskmap.checkpoint.encoders import PickleEncoder, pack_entry, sign_entry
 from taskmap.checkpoint.store import DB_NAME, DirectoryStore
@@ -176,8 +177,9 @@ def test_list_cache_reads_no_value(
 
 @pytest.mark.parametrize("runner", [taskmap.run, taskmap.run_parallel_async])
 def test_cache_limit_trims_least_recently_used_entries_after_each_run(
-    runner: Runner, calls: Calls, tmp_path: Path
+    runner: Runner, calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_module, "USE_RESOLUTION", 0.0)  # runs a few ms apart
     cache = tmp_path / "c"
     options = {"ncores": 1} if runner is taskmap.run_parallel_async else {}
     graph = runner(daily(1, cache, calls), **options)
@@ -209,6 +211,21 @@ def test_cache_limit_on_a_plain_mapping_trims_the_graphs_own_entries(calls: Call
     assert "another-graph/" + "0" * 32 in store  # not this graph's: never listed, kept
 
 
+def test_a_use_is_recorded_once_per_resolution(calls: Calls, tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    graph = taskmap.run(chain(calls, cache))
+    store = DirectoryStore(cache)
+    store.commit(uses=[e.key for e in taskmap.list_cache(graph)], when=time.time() - 30)
+    before = {e.key: e.used for e in taskmap.list_cache(graph)}
+    taskmap.run(chain(calls, cache))  # 30 s later: within the resolution, nothing written
+    assert {e.key: e.used for e in taskmap.list_cache(graph)} == before
+    store.commit(uses=list(before), when=time.time() - 61)
+    taskmap.run(chain(calls, cache))  # 61 s later: recorded
+    after = {e.key: e.used for e in taskmap.list_cache(graph)}
+    assert all(after[key] > time.time() - 5 for key in before)
+    store.close()
+
+
 @pytest.mark.parametrize("limit", ["20 parsecs", "-1MB", -5, 1.5, "", "GB"])
 def test_a_bad_cache_limit_is_a_value_error_naming_it(limit: object) -> None:
     with pytest.raises(
@@ -221,8 +238,9 @@ def test_a_bad_cache_limit_is_a_value_error_naming_it(limit: object) -> None:
 
 
 def test_a_year_of_daily_runs_stays_under_the_limit_and_every_run_is_right(
-    calls: Calls, tmp_path: Path
+    calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(store_module, "USE_RESOLUTION", 0.0)  # days a few ms apart
     cache = tmp_path / "c"
     limit = 40_000  # about 3 days of entries
     sizes = []
@@ -766,3 +784,23 @@ def test_no_stored_result_error_pickles_with_its_fields() -> None:
         str(error),
     )
     assert isinstance(error, LookupError)
+
+
+def test_the_readme_snippet_for_years_of_daily_runs_runs(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"```python\n(# the cache for years of daily runs\n.*?)```", readme, re.S)
+    assert found is not None
+    script = tmp_path / "years.py"
+    script.write_text(found.group(1))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
+    env.pop("TASKMAP_CACHE_SECRET", None)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("task 'total' has no stored result for its current code")
