@@ -477,3 +477,15 @@ def test_dropped_entries_give_their_pages_back_to_the_file_system(tmp_path: Path
     assert (tmp_path / "s" / DB_NAME).stat().st_size < full / 20
     assert store.usage() == (4, sum(len(v) for v in store.values()))
     assert store.usage()[1] <= 10_000
+
+
+@pytest.mark.parametrize("others", [0, 100])  # a scan of most of the store, or a join
+def test_stat_under_gives_the_entries_under_those_prefixes_only(
+    tmp_path: Path, others: int
+) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({f"other-{i:03d}/x": entry("other") for i in range(others)})
+    store.update({"a-1/x": entry("a"), "a-1/last": b"r", "a-10/x": entry("a10"), "b-2/y": b"?"})
+    found = sorted(store.stat_under(["a-1/", "b-2/"]))
+    assert [(s.key, s.task) for s in found] == [("a-1/last", None), ("a-1/x", "a"), ("b-2/y", None)]
+    assert len(store.stat_under([""])) == others + 4
