@@ -179,10 +179,12 @@ class DirectoryStore(MutableMapping[str, bytes]):
             return db, os.stat(self.file).st_ino
 
     def _open(self) -> sqlite3.Connection:
+        new = not self.file.exists() or self.file.stat().st_size == 0
         # one thread uses each connection; close() may run on another thread
         db = sqlite3.connect(self.file, timeout=60, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on a new file only
+            if new:  # on an existing file this pragma costs milliseconds (and a write)
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             # pruning and trimming walk many pages of entries and meta at once; SQLite's
