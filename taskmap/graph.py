@@ -767,7 +767,7 @@ def save_cache(graph: Graph) -> int:
     """Write the entries held back by ``cache_write='manual'``; return how many."""
     if graph.checkpoint is None:
         raise ValueError("save_cache: the graph has no cache (pass cache= to create_graph)")
-    return graph.checkpoint.save()
+    return graph.checkpoint.save(graph.plan.names)
 
 
 def _cache_tasks(graph: Graph, tasks: Task | Iterable[Task] | None) -> list[Task]:

@@ -294,10 +294,13 @@ class Checkpoint:
         delete(self.store, keys)
         return values
 
-    def save(self) -> int:
-        """Write the entries held by ``write='manual'``; return how many."""
+    def save(self, tasks: Sequence[Task] = ()) -> int:
+        """Write the entries held by ``write='manual'``, then trim to the limit (on a
+        plain mapping, among the entries of ``tasks``); return how many were written."""
         pending, self.pending = self.pending, []
         _apply(self.store, pending)
+        if self.limit is not None and pending:
+            self.trim(self.limit, tasks)
         return _entries(pending)
 
     def entries(self, tasks: Iterable[Task] | None = None) -> list[CacheEntry]:

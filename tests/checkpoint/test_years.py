@@ -804,3 +804,39 @@ def test_the_readme_snippet_for_years_of_daily_runs_runs(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("task 'total' has no stored result for its current code")
+
+
+def test_a_store_that_cannot_be_trimmed_warns_and_the_run_completes(
+    calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: DirectoryStore, max_bytes: int) -> Any:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(DirectoryStore, "trim", refuse)
+    with pytest.warns(
+        taskmap.CacheWarning,
+        match=re.escape(
+            f"cache store DirectoryStore({str(tmp_path / 'c')!r}) could not be trimmed to "
+            "1,000 bytes: OSError('disk gone')"
+        ),
+    ):
+        graph = taskmap.run(chain(calls, tmp_path / "c", cache_limit=1000))
+    assert graph.results["c"] == "c(b(a()))"
+
+
+def test_encrypted_refuses_an_inner_encoder_that_is_not_one() -> None:
+    pytest.importorskip("cryptography")
+    with pytest.raises(
+        TypeError,
+        match=r"^Encrypted: the inner encoder must be 'pickle', 'json' or an object with name, "
+        r"encode and decode \(got 3\)$",
+    ):
+        taskmap.Encrypted(3, KEY)  # type: ignore[arg-type]
+
+
+def test_save_cache_trims_what_it_writes_to_the_limit(calls: Calls, tmp_path: Path) -> None:
+    cache = tmp_path / "c"
+    graph = taskmap.run(daily(1, cache, calls, cache_write="manual", cache_limit="2kB"))
+    assert taskmap.list_cache(graph) == []
+    assert taskmap.save_cache(graph) == 4
+    assert store_of(graph).usage()[1] <= 2000
