@@ -68,9 +68,8 @@ from .encoders import (
     Encoder,
     PickleEncoder,
     pack_entry,
-    sign_entry,
+    signer,
     unpack_entry,
-    verify_entry,
 )
 from .fingerprint import Fingerprinter
 from .store import (
@@ -415,7 +414,7 @@ class CacheRun:
         self.present: set[str] | None = None
         self.listed = -1
         self.used: list[str] = []  # keys read: their use is recorded at the end (rule 7)
-        self.secret = checkpoint.secret
+        self.signer = None if checkpoint.secret is None else signer(checkpoint.secret)
         self.asked: set[int] = set()  # tasks whose entries were prefetched (or tried)
         self.fetched: dict[str, bytes] = {}  # prefetched entries not looked up yet
         self.absent: set[str] = set()  # keys prefetch did not find
@@ -450,7 +449,7 @@ class CacheRun:
         if data is None and self.listed < 0:
             self._list_keys()
         if data is not None:
-            if self.secret is not None and not verify_entry(self.secret, key, data):
+            if self.signer is not None and not self.signer.verify(key, data):
                 # rule 8: never decoded, so never unpickled
                 self._warn(
                     f"task {name!r}: entry not signed with this cache's secret, running it again"
@@ -660,8 +659,8 @@ class CacheRun:
             f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{time.time()!r}'
         )
         data = pack_entry(payload, encoder.name, out, meta)
-        if self.secret is not None:
-            data = sign_entry(self.secret, key, data)
+        if self.signer is not None:
+            data = self.signer.sign(key, data)
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)

@@ -489,3 +489,20 @@ def test_stat_under_gives_the_entries_under_those_prefixes_only(
     found = sorted(store.stat_under(["a-1/", "b-2/"]))
     assert [(s.key, s.task) for s in found] == [("a-1/last", None), ("a-1/x", "a"), ("b-2/y", None)]
     assert len(store.stat_under([""])) == others + 4
+
+
+@pytest.mark.parametrize("size", [0, 10, 5000, 100_000])
+@pytest.mark.parametrize("secret", [b"s", bytes(range(64)), bytes(range(100))])
+def test_a_signature_is_the_hmac_sha256_of_key_and_entry(secret: bytes, size: int) -> None:
+    import hmac
+
+    from taskmap.checkpoint.encoders import sign_entry, verify_entry
+
+    data = os.urandom(size)
+    signed = sign_entry(secret, "t-1/é", data)
+    assert signed[5:37] == hmac.digest(secret, "t-1/é".encode() + b"\0" + data, "sha256")
+    assert signed[37:] == data
+    assert verify_entry(secret, "t-1/é", signed)
+    assert not verify_entry(secret, "t-1/e", signed)  # bound to its key
+    assert not verify_entry(secret + b"!", "t-1/é", signed)
+    assert not verify_entry(secret, "t-1/é", data)  # unsigned
