@@ -15,6 +15,7 @@ if _typing.TYPE_CHECKING:
     from .checkpoint import Encoder as Encoder
     from .checkpoint import Explanation as Explanation
     from .checkpoint import Reason as Reason
+    from .checkpoint.encoders import Encrypted as Encrypted
     from .checkpoint.encoders import JsonEncoder as JsonEncoder
     from .checkpoint.encoders import PickleEncoder as PickleEncoder
     from .draw import to_dot as to_dot
@@ -26,6 +27,7 @@ if _typing.TYPE_CHECKING:
     from .errors import GraphvizError as GraphvizError
     from .errors import MissingDependencyError as MissingDependencyError
     from .errors import MissingFunctionError as MissingFunctionError
+    from .errors import NoStoredResultError as NoStoredResultError
     from .errors import NotCallableError as NotCallableError
     from .errors import RunStoppedError as RunStoppedError
     from .errors import SerializationError as SerializationError
@@ -52,8 +54,10 @@ if _typing.TYPE_CHECKING:
     from .graph import get_all_children as get_all_children
     from .graph import get_ready_tasks as get_ready_tasks
     from .graph import list_cache as list_cache
+    from .graph import load_result as load_result
     from .graph import mark_as_done as mark_as_done
     from .graph import mark_as_done_except as mark_as_done_except
+    from .graph import prune_cache as prune_cache
     from .graph import reset_failed_tasks as reset_failed_tasks
     from .graph import reset_tasks as reset_tasks
     from .graph import save_cache as save_cache
@@ -83,6 +87,7 @@ __all__ = [
     "CycleError",
     "DirectoryStore",
     "Encoder",
+    "Encrypted",
     "Explanation",
     "Graph",
     "GraphError",
@@ -90,6 +95,7 @@ __all__ = [
     "JsonEncoder",
     "MissingDependencyError",
     "MissingFunctionError",
+    "NoStoredResultError",
     "NotCallableError",
     "PickleEncoder",
     "Reason",
@@ -125,8 +131,10 @@ __all__ = [
     "get_ready_tasks",
     "in_progress",
     "list_cache",
+    "load_result",
     "mark_as_done",
     "mark_as_done_except",
+    "prune_cache",
     "reset_failed_tasks",
     "reset_tasks",
     "run",
@@ -156,6 +164,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "Reason",
     ),
     ".checkpoint.encoders": (
+        "Encrypted",
         "JsonEncoder",
         "PickleEncoder",
     ),
@@ -171,13 +180,14 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "GraphvizError",
         "MissingDependencyError",
         "MissingFunctionError",
+        "NoStoredResultError",
         "NotCallableError",
         "RunStoppedError",
         "SerializationError",
         "StallWarning",
         "TaskError",
-        "TaskmapError",
         "TaskTimeoutError",
+        "TaskmapError",
         "UnknownTaskError",
         "UpstreamFailedError",
         "WorkerCrashedError",
@@ -201,8 +211,10 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "get_all_children",
         "get_ready_tasks",
         "list_cache",
+        "load_result",
         "mark_as_done",
         "mark_as_done_except",
+        "prune_cache",
         "reset_failed_tasks",
         "reset_tasks",
         "save_cache",

@@ -3,7 +3,7 @@
     taskmap run FILE.py[:NAME]     run a graph from a Python file
     taskmap plan FILE.py[:NAME]    what a run would do, and why (a dry run)
     taskmap show FILE.py[:NAME]    draw the graph (dot, mermaid, svg)
-    taskmap cache ls|clear FILE.py[:NAME]
+    taskmap cache ls|stats|prune|clear FILE.py[:NAME]
     taskmap status LOGFILE         which tasks a running graph is running
 
 Exit status: 0 when every task succeeded, 1 when a task failed (or was not run
@@ -29,6 +29,7 @@ from . import (
     get_all_children,
     in_progress,
     list_cache,
+    prune_cache,
     run,
     run_async,
     run_parallel,
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    graph = load_graph(args.graph, args.cache)
+    graph = load_graph(args.graph, args.cache, args.cache_limit)
     runner = RUNNERS[args.runner]
     options: dict[str, Any] = {"progress": args.progress, "report": args.report}
     if args.limit:
@@ -125,28 +126,84 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
+    pruning = {"--keep-last": args.keep_last, "--older-than": args.older_than}
+    pruning["--max-bytes"] = args.max_bytes
+    misplaced = [option for option, value in pruning.items() if value is not None]
+    if misplaced and args.action != "prune":
+        raise UsageError(f"{', '.join(misplaced)}: only with 'taskmap cache prune'")
     graph = load_graph(args.graph, args.cache)
     if graph.checkpoint is None:
         raise UsageError(f"{args.graph} has no cache: pass --cache DIR")
     tasks = args.task or None
     if args.action == "clear":
         removed = clear_cache(graph, tasks)
-        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+        print(f"removed {_entries(removed)}")
         return 0
+    if args.action == "prune":
+        return _prune(graph, args)
     entries = list_cache(graph, tasks)
+    if args.action == "stats":
+        _print_stats(entries)
+        return 0
+    rows = [
+        (e.task, f"{e.size:,}", _when(e.written), _when(e.used), e.encoder, e.key) for e in entries
+    ]
+    print(_table(("task", "bytes", "written", "last used", "encoder", "key"), rows))
+    print(f"\n{_entries(len(entries))}, {sum(e.size for e in entries):,} bytes")
+    return 0
+
+
+def _prune(graph: Graph, args: argparse.Namespace) -> int:
+    if args.task:
+        raise UsageError("--task: 'taskmap cache prune' prunes every task of the graph")
+    keep = args.keep_last if args.keep_last is not None else "1"
+    if keep != "all" and not keep.isdigit():
+        raise UsageError(f"--keep-last must be a number of entries or 'all' (got {keep!r})")
+    try:
+        removed = prune_cache(
+            graph,
+            keep_last=None if keep == "all" else int(keep),
+            older_than=args.older_than,
+            max_bytes=args.max_bytes,
+        )
+    except ValueError as exc:  # a duration or size it cannot read
+        raise UsageError(
+            str(exc).replace("older_than", "--older-than").replace("max_bytes", "--max-bytes")
+        ) from None
+    tasks = sorted({str(e.task) for e in removed})
+    shown = f": {', '.join(tasks[:SHOWN])}" + (" ..." if len(tasks) > SHOWN else "")
+    print(
+        f"removed {_entries(len(removed))}, {sum(e.size for e in removed):,} bytes"
+        + (f" ({len(tasks)} tasks{shown})" if removed else "")
+    )
+    return 0
+
+
+def _print_stats(entries: Sequence[Any]) -> None:
+    """Entries and bytes per task, with when each task's entries were last used."""
+    per_task: dict[str, list[Any]] = {}
+    for entry in entries:
+        per_task.setdefault(str(entry.task), []).append(entry)
     rows = [
         (
-            e.task,
-            f"{e.size:,}",
-            datetime.datetime.fromtimestamp(e.written).isoformat(" ", "seconds"),
-            e.encoder,
-            e.key,
+            task,
+            f"{len(found):,}",
+            f"{sum(e.size for e in found):,}",
+            _when(max(e.used for e in found)),
         )
-        for e in entries
+        for task, found in sorted(per_task.items())
     ]
-    print(_table(("task", "bytes", "written", "encoder", "key"), rows))
-    print(f"\n{len(entries)} entries, {sum(e.size for e in entries):,} bytes")
-    return 0
+    print(_table(("task", "entries", "bytes", "last used"), rows))
+    total = sum(e.size for e in entries)
+    print(f"\n{len(per_task)} tasks, {_entries(len(entries))}, {total:,} bytes")
+
+
+def _entries(count: int) -> str:
+    return f"{count:,} entr{'y' if count == 1 else 'ies'}"
+
+
+def _when(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds).isoformat(" ", "seconds")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -162,13 +219,14 @@ def _status(args: argparse.Namespace) -> int:
 # -- loading a graph from a file ------------------------------------------------
 
 
-def load_graph(spec: str, cache: str | None = None) -> Graph:
+def load_graph(spec: str, cache: str | None = None, cache_limit: str | None = None) -> Graph:
     """The graph named by ``FILE.py[:NAME]``: a `Graph`, or a function returning one.
 
     The file runs as a module named ``__taskmap__`` (its ``if __name__ ==
     '__main__':`` block does not run), with its directory first on ``sys.path``.
     Without NAME the file must define exactly one graph, or one function whose name
-    contains 'graph'.  ``cache``: a directory for the graph's cache.
+    contains 'graph'.  ``cache``: a directory for the graph's cache, trimmed to
+    ``cache_limit`` after each run when given.
     """
     path, name = _split(spec)
     if not path.is_file():
@@ -187,7 +245,9 @@ def load_graph(spec: str, cache: str | None = None) -> Graph:
         raise UsageError(
             f"{what} is {type(graph).__name__}, not a taskmap Graph (or a function returning one)"
         )
-    return _with_cache(graph, cache, spec) if cache else graph
+    if cache_limit and not cache:
+        raise UsageError("--cache-limit needs --cache DIR")
+    return _with_cache(graph, cache, spec, cache_limit) if cache else graph
 
 
 def _split(spec: str) -> tuple[Path, str]:
@@ -219,9 +279,16 @@ def _only_graph(path: Path, namespace: dict[str, Any]) -> object:
     )
 
 
-def _with_cache(graph: Graph, cache: str, spec: str) -> Graph:
+def _with_cache(graph: Graph, cache: str, spec: str, cache_limit: str | None = None) -> Graph:
     if graph.checkpoint is not None:
         raise UsageError(f"the graph of {spec} already has a cache: leave out --cache")
+    try:
+        return _recreate(graph, cache, cache_limit)
+    except ValueError as exc:  # a cache limit it cannot read
+        raise UsageError(str(exc).replace("cache_limit", "--cache-limit")) from None
+
+
+def _recreate(graph: Graph, cache: str, cache_limit: str | None) -> Graph:
     policies = graph.policies
     return create_graph(
         graph.funcs,
@@ -232,6 +299,7 @@ def _with_cache(graph: Graph, cache: str, spec: str) -> Graph:
         name=graph.name,
         logging_config=graph.logging_config,
         cache=cache,
+        cache_limit=cache_limit,
         retries=dict(policies.retries),
         timeouts=dict(policies.timeouts),
         channels=dict(policies.channels),
@@ -292,7 +360,7 @@ def _one_line(error: object) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     lines = [header, ["-" * w for w in widths], *rows]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
@@ -333,6 +401,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--runner", choices=list(RUNNERS), default="run_parallel_async")
     sub.add_argument("--ncores", type=_positive, help="worker processes (parallel runners)")
     sub.add_argument("--cache", metavar="DIR", help="keep finished values in DIR")
+    sub.add_argument(
+        "--cache-limit",
+        metavar="SIZE",
+        help="trim the cache to SIZE after the run, least recently used first ('20GB')",
+    )
     sub.add_argument("--report", metavar="FILE", help="write FILE.html (timeline) or FILE.json")
     sub.add_argument(
         "--rerun-failed",
@@ -363,11 +436,31 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=["dot", "mermaid", "svg"], default="dot")
     sub.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
 
-    sub = command("cache", "List or clear a graph's cached values.", _cache)
-    sub.add_argument("action", choices=["ls", "clear"])
+    sub = command(
+        "cache",
+        "List a graph's cached values (ls), count them per task (stats), drop old ones "
+        "(prune) or all of them (clear).",
+        _cache,
+    )
+    sub.add_argument("action", choices=["ls", "stats", "prune", "clear"])
     sub.add_argument("graph", metavar="GRAPH", help="FILE.py or FILE.py:NAME")
     sub.add_argument("--cache", metavar="DIR", help="the cache directory")
-    sub.add_argument("--task", action="append", help="only this task (repeatable)")
+    sub.add_argument("--task", action="append", help="only this task (repeatable; not prune)")
+    sub.add_argument(
+        "--keep-last",
+        metavar="N",
+        help="prune: keep each task's N most recently used entries (default 1; 'all')",
+    )
+    sub.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="prune: drop entries last used more than AGE ago ('30d', '12h', '90min')",
+    )
+    sub.add_argument(
+        "--max-bytes",
+        metavar="SIZE",
+        help="prune: trim the store to SIZE, least recently used first ('20GB')",
+    )
 
     sub = command("status", "Say what a graph writing LOGFILE is running.", _status)
     sub.add_argument("log", metavar="LOGFILE", help="a log written with logging_config")

@@ -16,6 +16,8 @@ The hierarchy::
     │   ├── TaskTimeoutError(TimeoutError)  an attempt ran past its timeout
     │   └── SerializationError         the task's function, input, result or exception
     │                                  could not cross to or from its worker process
+    ├── NoStoredResultError(LookupError)  load_result: the cache holds no value for the
+    │                                  task's current code and inputs
     └── GraphvizError(RuntimeError)    Graphviz's dot failed or timed out (to_svg)
 
     CacheWarning(UserWarning)          a cache entry could not be read or written: the
@@ -39,6 +41,7 @@ __all__ = [
     "GraphvizError",
     "MissingDependencyError",
     "MissingFunctionError",
+    "NoStoredResultError",
     "NotCallableError",
     "RunStoppedError",
     "SerializationError",
@@ -313,6 +316,33 @@ class TaskTimeoutError(TaskError, TimeoutError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.seconds, self.how))
+
+
+class NoStoredResultError(TaskmapError, LookupError):
+    """`load_result` found no stored value for the task's current code and inputs.
+
+    Raised, never stored as a task's result (unlike a `TaskError`): nothing ran.  The
+    reason is the one `explain` gives for the task: it would run (code changed, input
+    changed, failed before, no entry, an upstream task runs...).
+
+    Attributes:
+        task: the task asked for.
+        reason: why there is no value: a `Reason` (``Reason.CODE_CHANGED``...).
+        detail: what `explain` adds to the reason (which input changed...), or ``""``.
+    """
+
+    def __init__(self, task: Hashable, reason: object, detail: str = "") -> None:
+        self.task = task
+        self.reason = reason
+        self.detail = detail
+        why = getattr(reason, "value", reason)
+        more = f" ({detail})" if detail else ""
+        super().__init__(
+            f"task {task!r} has no stored result for its current code and inputs: {why}{more}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.reason, self.detail))
 
 
 class GraphvizError(TaskmapError, RuntimeError):

@@ -13,15 +13,28 @@ import html
 import logging
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .checkpoint import CacheEntry, Checkpoint, Encoder, Explanation, Reason, WriteMode, open_store
+from .checkpoint import (
+    CacheEntry,
+    CacheRun,
+    Checkpoint,
+    Encoder,
+    Explanation,
+    Reason,
+    WriteMode,
+    open_store,
+    prune_options,
+    resolve_secret,
+)
 from .errors import (
     CycleError,
     MissingDependencyError,
     MissingFunctionError,
+    NoStoredResultError,
     NotCallableError,
     UnknownTaskError,
     UpstreamFailedError,
@@ -40,8 +53,10 @@ __all__ = [
     "get_all_children",
     "get_ready_tasks",
     "list_cache",
+    "load_result",
     "mark_as_done",
     "mark_as_done_except",
+    "prune_cache",
     "reset_failed_tasks",
     "reset_tasks",
     "save_cache",
@@ -220,6 +235,8 @@ def create_graph(
     versions: Mapping[Any, str | int] | None = None,
     encoders: Mapping[Any, Encoder | str] | None = None,
     cache_write: WriteMode = "exit",
+    cache_limit: int | str | None = None,
+    cache_secret: str | bytes | None = None,
     retries: Mapping[Any, int | Retry] | Iterable[Any] | None = None,
     timeouts: Mapping[Any, float] | None = None,
     channels: Mapping[Any, str | Iterable[str]] | None = None,
@@ -257,6 +274,13 @@ def create_graph(
         cache_write: when values are written: ``'exit'`` (as each task finishes,
             the default), a number of seconds (periodically), ``'end'`` (at the end
             of the run) or ``'manual'`` (on `save_cache`).
+        cache_limit: the most bytes the store may hold after a run: an int, or a
+            string such as ``'500MB'`` or ``'20GB'``.  Each run ends by trimming
+            least-recently-used entries (on the directory store, of every graph
+            sharing it; on another mapping, of this graph's tasks, oldest first).
+        cache_secret: a str or bytes that signs every entry (HMAC-SHA256); with
+            it, an entry not signed with it is never decoded (a miss, with a
+            warning).  Default: ``$TASKMAP_CACHE_SECRET``, if set.
         retries: task -> how many times to retry it when it raises, or a `Retry`
             (backoff, jitter, which exception types); a list of names gives each
             ``Retry()``: 3 retries after 0.5, 1 and 2 s (less jitter).  Every
@@ -281,6 +305,7 @@ def create_graph(
         UnknownTaskError: ``io_bound``, ``done``, ``results``, ``uncached``,
             ``versions``, ``encoders`` or a policy names a non-task.
         TypeError: an argument has the wrong type.
+        ValueError: a value is out of range (``cache_limit='20 parsecs'``...).
 
     Example:
         >>> graph = create_graph({'a': lambda: 1, 'b': lambda a: a + 1}, {'a': [], 'b': ['a']})
@@ -315,9 +340,19 @@ def create_graph(
             uncached=_names_of("uncached", uncached, plan),
             versions=_per_task("versions", versions, plan),
             encoders=_per_task("encoders", encoders, plan),
+            limit=cache_limit,
+            secret=resolve_secret(cache_secret),
         )
-    elif uncached or versions or encoders:
-        raise ValueError("uncached, versions and encoders need a cache: pass cache=")
+    else:
+        options = {"uncached": uncached, "versions": versions, "encoders": encoders}
+        given = [k for k, v in options.items() if v] + [
+            k
+            for k, v in (("cache_limit", cache_limit), ("cache_secret", cache_secret))
+            if v is not None
+        ]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise ValueError(f"{' and '.join(given)} {verb} a cache: pass cache=")
     graph = Graph(
         funcs=dict(funcs),
         dependencies=MappingProxyType(deps),
@@ -572,61 +607,176 @@ def explain(graph: Graph) -> dict[Task, Explanation]:
     Returns:
         task name -> `Explanation`, in a topological order.
     """
-    plan, results = graph.plan, graph.results
-    names = plan.names
-    done = _done_ids(graph)
-    found: dict[Task, Explanation] = {}
-    runs = [False] * len(names)
-    failed: list[Task | None] = [None] * len(names)  # the failed ancestor that blocks a task
-    cache = None
-    if graph.checkpoint is not None:
-        # a scratch results dict: values loaded here never reach the graph
-        scratch = {n: results[n] for n in graph.done if n in results}
-        cache = graph.checkpoint.open_run(names, plan.parents, graph.funcs, scratch)
+    dry = _DryRun(graph)
     try:
-        for tid in plan.order:
-            name = names[tid]
-            if tid in done:
-                found[name] = Explanation(name, False, Reason.DONE)
-                if isinstance(results.get(name), Exception):
-                    error = results[name]
-                    failed[tid] = error.failed if isinstance(error, UpstreamFailedError) else name
-                continue
-            blocked = next((failed[p] for p in plan.parents[tid] if failed[p] is not None), None)
-            upstream = [names[p] for p in plan.parents[tid] if runs[p]]
-            if blocked is not None:
-                failed[tid] = blocked
-                detail = f"{blocked!r} failed; reset_failed_tasks(graph) reruns it"
-                found[name] = Explanation(name, False, Reason.UPSTREAM_FAILED, detail)
-            elif upstream:
-                runs[tid] = True
-                detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
-                found[name] = Explanation(name, True, Reason.UPSTREAM, detail)
-            elif cache is None:
-                runs[tid] = True
-                found[name] = Explanation(name, True, Reason.NOT_CACHED, "the graph has no cache")
-            else:
-                hit, value = cache.lookup(tid, load=False)  # decode nothing: a dry run
-                runs[tid] = not hit
-                if hit:
-                    scratch[name] = value
-                found[name] = cache.why[name]
+        for tid in graph.plan.order:
+            dry.explain(tid)
     finally:
-        if cache is not None:
-            cache.close(write=False)
-    return found
+        dry.close()
+    return dry.found
+
+
+def load_result(graph: Graph, task: Task) -> Any:
+    """Return the stored value of ``task`` for its current code and inputs, running nothing.
+
+    The key is found as a run would find it: the task's ancestors are looked up in
+    the cache (their values are not decoded, only their digests read), or taken from
+    ``graph.results`` when done.  Only the task's own value is decoded (with a cache
+    secret, only if its signature holds).
+
+    Raises:
+        NoStoredResultError: there is no such value; ``exc.reason`` and ``exc.detail``
+            say why, as `explain` would (code changed, input changed, an upstream
+            task runs, the graph has no cache...).
+        UnknownTaskError: ``task`` is not a task.
+
+    Example:
+        >>> graph = create_graph({'a': lambda: 2}, {'a': []}, cache='.taskmap')
+        >>> load_result(run(graph), 'a')
+        2
+    """
+    plan = graph.plan
+    (tid,) = plan.ids("task", [task])
+    if graph.checkpoint is None:
+        raise NoStoredResultError(task, Reason.NOT_CACHED, "the graph has no cache")
+    above = plan.ancestors([tid])
+    dry = _DryRun(graph)
+    try:
+        for t in plan.order:
+            if t in above and t != tid:
+                dry.explain(t)
+        why = dry.explain(tid, look_up=False)
+        if why is None:  # nothing upstream decides: its own entry does
+            assert dry.cache is not None
+            hit, value = dry.cache.lookup(tid)
+            if hit:
+                return value
+            why = dry.cache.why[task]
+    finally:
+        dry.close()
+    raise NoStoredResultError(task, why.reason, why.detail)
+
+
+class _DryRun:
+    """What `explain` and `load_result` share: a run that calls nothing, task by task
+    in a topological order, with a scratch results dict (values looked up here never
+    reach the graph)."""
+
+    def __init__(self, graph: Graph) -> None:
+        plan, results = graph.plan, graph.results
+        self.graph = graph
+        self.done = _done_ids(graph)
+        n = len(plan.names)
+        self.runs = [False] * n
+        self.failed: list[Task | None] = [None] * n  # the failed ancestor that blocks a task
+        self.found: dict[Task, Explanation] = {}
+        self.scratch = {name: results[name] for name in graph.done if name in results}
+        self.cache: CacheRun | None = None
+        if graph.checkpoint is not None:
+            self.cache = graph.checkpoint.open_run(
+                plan.names, plan.parents, graph.funcs, self.scratch
+            )
+
+    def explain(self, tid: int, *, look_up: bool = True) -> Explanation | None:
+        """Explain task ``tid``, its ancestors explained already.  ``look_up=False``:
+        where the answer is the task's own entry, return None (not looked up)."""
+        plan, results = self.graph.plan, self.graph.results
+        name = plan.names[tid]
+        if tid in self.done and look_up:
+            if isinstance(results.get(name), Exception):
+                error = results[name]
+                self.failed[tid] = error.failed if isinstance(error, UpstreamFailedError) else name
+            return self._found(Explanation(name, False, Reason.DONE))
+        parents = plan.parents[tid]
+        blocked = next((self.failed[p] for p in parents if self.failed[p] is not None), None)
+        upstream = [plan.names[p] for p in parents if self.runs[p]]
+        if blocked is not None:
+            self.failed[tid] = blocked
+            detail = f"{blocked!r} failed; reset_failed_tasks(graph) reruns it"
+            return self._found(Explanation(name, False, Reason.UPSTREAM_FAILED, detail))
+        if upstream:
+            self.runs[tid] = True
+            detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
+            return self._found(Explanation(name, True, Reason.UPSTREAM, detail))
+        if self.cache is None:
+            self.runs[tid] = True
+            why = Explanation(name, True, Reason.NOT_CACHED, "the graph has no cache")
+            return self._found(why)
+        if not look_up:
+            return None
+        hit, value = self.cache.lookup(tid, load=False)  # decode nothing: a dry run
+        self.runs[tid] = not hit
+        if hit:
+            self.scratch[name] = value
+        return self._found(self.cache.why[name])
+
+    def _found(self, why: Explanation) -> Explanation:
+        self.found[why.task] = why
+        return why
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close(write=False)
 
 
 def list_cache(graph: Graph, tasks: Task | Iterable[Task] | None = None) -> list[CacheEntry]:
     """List the stored entries of the graph's tasks (or of ``tasks`` only).
 
+    Reads each entry's head only (the default store keeps heads beside the values).
+
     Returns:
-        `CacheEntry` records (task, key, size in bytes, time written, encoder),
-        sorted by task; an empty list when the graph has no cache.
+        `CacheEntry` records (task, key, size in bytes, time written, encoder, time
+        last used), sorted by task; an empty list when the graph has no cache.
     """
     if graph.checkpoint is None:
         return []
     return graph.checkpoint.entries(_cache_tasks(graph, tasks))
+
+
+def prune_cache(
+    graph: Graph,
+    keep_last: int | None = 1,
+    older_than: float | str | timedelta | None = None,
+    max_bytes: int | str | None = None,
+) -> list[CacheEntry]:
+    """Drop old entries of the graph's tasks from its cache; return what was dropped.
+
+    Each entry remembers when a run last used it (wrote it, or read it).  For each
+    task, the entries beyond its ``keep_last`` most recently used go, and so do
+    entries last used more than ``older_than`` ago; then, with ``max_bytes``, the
+    store is trimmed as ``cache_limit`` does after a run.  Each task's ``last``
+    record stays, so the next miss is still explained.  Entries of other graphs
+    sharing the store stay, except to meet ``max_bytes`` on the directory store.
+
+    Args:
+        keep_last: entries to keep per task, the most recently used (None: no
+            limit; 0 drops every entry of the graph's tasks).
+        older_than: seconds, a `datetime.timedelta`, or a string such as ``'30d'``,
+            ``'12h'``, ``'90min'`` or ``'2w'``.
+        max_bytes: an int or a string such as ``'500MB'`` or ``'20GB'``: on the
+            directory store, the most its entries may hold (every graph's,
+            least recently used first); on another mapping, this graph's entries,
+            oldest written first.
+
+    Returns:
+        The dropped entries (`CacheEntry`), sorted by task; an empty list when the
+        graph has no cache.
+
+    Raises:
+        ValueError: ``keep_last``, ``older_than`` or ``max_bytes`` is not one of the
+            above (the message names it and the value).
+
+    Example:
+        >>> removed = prune_cache(graph, keep_last=2, older_than='90d')
+        >>> sum(entry.size for entry in removed)
+        52640
+    """
+    if graph.checkpoint is None:
+        prune_options(keep_last, older_than, max_bytes)  # a bad option is an error still
+        return []
+    return graph.checkpoint.prune(
+        list(graph.plan.names), keep_last=keep_last, older_than=older_than, max_bytes=max_bytes
+    )
 
 
 def clear_cache(graph: Graph, tasks: Task | Iterable[Task] | None = None) -> int:
@@ -645,7 +795,7 @@ def save_cache(graph: Graph) -> int:
     """Write the entries held back by ``cache_write='manual'``; return how many."""
     if graph.checkpoint is None:
         raise ValueError("save_cache: the graph has no cache (pass cache= to create_graph)")
-    return graph.checkpoint.save()
+    return graph.checkpoint.save(graph.plan.names)
 
 
 def _cache_tasks(graph: Graph, tasks: Task | Iterable[Task] | None) -> list[Task]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -174,6 +175,105 @@ def test_cache_ls_and_clear(project: Path) -> None:
     no_cache = taskmap_cmd(project, "cache", "ls", "pipeline.py")
     assert no_cache.returncode == 2
     assert no_cache.stderr == "taskmap cache: pipeline.py has no cache: pass --cache DIR\n"
+
+
+def test_cache_stats_counts_entries_and_bytes_per_task(project: Path) -> None:
+    cache = str(project / "cache")
+    taskmap_cmd(project, "run", "pipeline.py", "--cache", cache, "--runner", "run")
+    done = taskmap_cmd(project, "cache", "stats", "pipeline.py", "--cache", cache)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["task", "entries", "bytes", "last", "used"]
+    rows = {line.split()[0]: line.split() for line in lines[2:6]}
+    assert sorted(rows) == ["clean", "extract", "load", "notify"]
+    assert all(row[1] == "1" and int(row[2].replace(",", "")) > 0 for row in rows.values())
+    total = sum(int(row[2].replace(",", "")) for row in rows.values())
+    assert lines[-1] == f"4 tasks, 4 entries, {total:,} bytes"
+    listed = taskmap_cmd(project, "cache", "ls", "pipeline.py", "--cache", cache)
+    assert "last used" in listed.stdout.splitlines()[0]
+
+
+def test_cache_prune_keeps_the_last_entries_of_each_task(project: Path) -> None:
+    cache = str(project / "cache")
+    taskmap_cmd(project, "run", "pipeline.py", "--cache", cache, "--runner", "run")
+    (project / "pipeline.py").write_text(GRAPH.replace("r * 10", "r * 100"))  # clean's code
+    taskmap_cmd(project, "run", "pipeline.py", "--cache", cache, "--runner", "run")
+    stats = taskmap_cmd(project, "cache", "stats", "pipeline.py", "--cache", cache).stdout
+    assert stats.splitlines()[-1].startswith("4 tasks, 6 entries, ")  # clean and load: 2 each
+    kept = taskmap_cmd(
+        project, "cache", "prune", "pipeline.py", "--cache", cache, "--keep-last", "2"
+    )
+    assert kept.stdout.startswith("removed 0 entries, 0 bytes\n")
+    done = taskmap_cmd(project, "cache", "prune", "pipeline.py", "--cache", cache)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"removed 2 entries, [\d,]+ bytes \(2 tasks: clean, load\)\n", done.stdout)
+    stats = taskmap_cmd(project, "cache", "stats", "pipeline.py", "--cache", cache).stdout
+    assert stats.splitlines()[-1].startswith("4 tasks, 4 entries, ")
+    calls_before = len(calls(project))
+    taskmap_cmd(project, "run", "pipeline.py", "--cache", cache, "--runner", "run")
+    assert len(calls(project)) == calls_before  # what was kept is what the graph needs
+    aged = taskmap_cmd(
+        project,
+        "cache",
+        "prune",
+        "pipeline.py",
+        "--cache",
+        cache,
+        "--keep-last",
+        "all",
+        "--older-than",
+        "0s",
+    )
+    assert aged.stdout.startswith("removed 4 entries, ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["prune", "--keep-last", "two"],
+            "--keep-last must be a number of entries or 'all' (got 'two')",
+        ),
+        (
+            ["prune", "--older-than", "soon"],
+            "--older-than must be a number of seconds, a "
+            "timedelta or a duration such as '30d' or '12h' (got 'soon')",
+        ),
+        (
+            ["prune", "--max-bytes", "lots"],
+            "--max-bytes must be a number of bytes or a size "
+            "such as '500MB' or '20GB' (got 'lots')",
+        ),
+        (["ls", "--keep-last", "2"], "--keep-last: only with 'taskmap cache prune'"),
+        (
+            ["prune", "--task", "load"],
+            "--task: 'taskmap cache prune' prunes every task of the graph",
+        ),
+    ],
+)
+def test_bad_cache_options_are_usage_errors(project: Path, args: list[str], message: str) -> None:
+    cache = str(project / "cache")
+    done = taskmap_cmd(project, "cache", args[0], "pipeline.py", "--cache", cache, *args[1:])
+    assert done.returncode == 2
+    assert done.stderr == f"taskmap cache: {message}\n"
+
+
+def test_run_with_a_cache_limit_trims_the_store(project: Path) -> None:
+    cache = str(project / "cache")
+    done = taskmap_cmd(
+        project, "run", "pipeline.py", "--cache", cache, "--cache-limit", "1", "--runner", "run"
+    )
+    assert done.returncode == 0, done.stderr
+    listed = taskmap_cmd(project, "cache", "ls", "pipeline.py", "--cache", cache).stdout
+    assert listed.splitlines()[-1] == "0 entries, 0 bytes"  # every value trimmed: 1 byte
+    bad = taskmap_cmd(project, "run", "pipeline.py", "--cache", cache, "--cache-limit", "big")
+    assert bad.returncode == 2
+    assert bad.stderr == (
+        "taskmap run: --cache-limit must be a number of bytes or a size such as '500MB' or "
+        "'20GB' (got 'big')\n"
+    )
+    alone = taskmap_cmd(project, "run", "pipeline.py", "--cache-limit", "1GB")
+    assert alone.stderr == "taskmap run: --cache-limit needs --cache DIR\n"
 
 
 def test_status_reads_a_log(project: Path) -> None:

@@ -13,7 +13,9 @@ from taskmap import (
     GraphvizError,
     MissingDependencyError,
     MissingFunctionError,
+    NoStoredResultError,
     NotCallableError,
+    Reason,
     RunStoppedError,
     SerializationError,
     TaskmapError,
@@ -73,6 +75,7 @@ ERRORS = [
     TaskTimeoutError("b", 2.5, "worker replaced"),
     WorkerCrashedError("b", None, None, "its Dask worker died while running it"),
     GraphvizError("dot failed", 3, "syntax error"),
+    NoStoredResultError("c", Reason.INPUT_CHANGED, "from 'b'"),
 ]
 
 

@@ -81,7 +81,7 @@ FRONTIER_FORBIDDEN = {
 }
 
 #: imported only where used, never when taskmap is imported
-OPTIONAL = {"dask", "distributed", "tqdm", "rich"}
+OPTIONAL = {"dask", "distributed", "tqdm", "rich", "cryptography"}
 
 
 @dataclass(frozen=True)

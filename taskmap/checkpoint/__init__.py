@@ -4,7 +4,7 @@ Design note
 -----------
 A task's value is stored under a *content-addressed key*: a digest of the task's
 name, its code fingerprint (or the ``version`` given for it) and the digests of the
-inputs it actually received (see `keys`).  Consequences:
+inputs it actually received (see `digest` and `fingerprint`).  Consequences:
 
 1. **A rerun of unchanged work calls nothing.**  Every key is found; values are
    loaded into ``graph.results``.
@@ -29,6 +29,18 @@ Data flow for one task (driver thread, then writer thread)::
 Beside its entries, each task has a small ``'<token>/last'`` record (the key,
 code and inputs of its last run, and whether it failed) that explains the next
 miss: code changed, input changed, failed before.
+
+For years of daily runs (issue 14):
+
+6. **A run touches only its own tasks' keys.**  At its first miss it asks the store
+   for the keys under its tasks' prefixes (`store.keys_under_many`; a store that
+   cannot answer that is asked key by key), never for a listing of the store.
+7. **Use is recorded with the writes.**  The keys a run read go to the writer with
+   its entries, in the same transaction (at the run's end for a fully cached one);
+   with ``cache_limit`` the store is then trimmed, least recently used first.
+8. **With a secret, only signed entries are decoded.**  Each entry is signed
+   (HMAC-SHA256 of its key and bytes) when stored; a lookup checks the tag before
+   anything is unpickled, and an entry without a valid one is a miss with a warning.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ import functools
 import hashlib
 import json
 import math
+import operator
+import os
 import re
 import threading
 import time
@@ -47,17 +61,35 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from ..errors import CacheWarning, with_article
+from .digest import UnhashableError, digest, task_key
 from .encoders import (
     ENCODERS,
     CorruptEntryError,
     Encoder,
     PickleEncoder,
     pack_entry,
-    read_header,
+    signer,
     unpack_entry,
 )
-from .keys import Fingerprinter, UnhashableError, digest, task_key
-from .store import ChainStore, DirectoryStore, Store, keys_under, open_store, release
+from .fingerprint import Fingerprinter
+from .store import (
+    ChainStore,
+    DirectoryStore,
+    Stat,
+    Store,
+    commit,
+    delete,
+    keys_under,
+    keys_under_many,
+    open_store,
+    parse_duration,
+    parse_size,
+    prune,
+    release,
+    stat_under,
+    trim,
+    trim_listed,
+)
 from .store import close as close_store
 
 __all__ = [
@@ -104,6 +136,7 @@ class Reason(enum.Enum):
     FAILED_BEFORE = "failed before"
     RESET = "reset by the user"
     UNREADABLE = "entry unreadable"
+    UNSIGNED = "entry not signed with this cache's secret"
     UPSTREAM = "an upstream task runs"
     UPSTREAM_FAILED = "an upstream task failed"
     NOT_CACHED = "not cached"
@@ -145,13 +178,17 @@ class CacheStats:
 
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
-    """One stored value: its task, key, size in bytes and when it was written."""
+    """One stored value: its task, key, size in bytes, when it was written, its encoder,
+    and when a run last used it (wrote or read it; seconds since the epoch, as
+    ``written``).  A store that records no use (a dict, an fsspec mapper) gives the
+    time it was written."""
 
     task: str
     key: str
     size: int
     written: float
     encoder: str
+    used: float = 0.0
 
 
 class Checkpoint:
@@ -165,6 +202,10 @@ class Checkpoint:
         uncached: tasks whose values are never stored (connections, clients).
         versions: task -> a version string that replaces its code fingerprint.
         encoders: task -> an `Encoder`, or ``'pickle'`` / ``'json'``.
+        limit: bytes the store may hold after a run (an int, or ``'20GB'``...);
+            None: no limit.
+        secret: entries are signed with it, and only entries signed with it are
+            decoded (str or bytes); None: entries are neither signed nor checked.
     """
 
     def __init__(
@@ -175,9 +216,13 @@ class Checkpoint:
         uncached: Iterable[Task] = (),
         versions: Mapping[Task, object] | None = None,
         encoders: Mapping[Task, Encoder | str] | None = None,
+        limit: int | str | None = None,
+        secret: str | bytes | None = None,
     ) -> None:
         self.store = store
         self.write = _write_mode(write)
+        self.limit = None if limit is None else parse_size("cache_limit", limit)
+        self.secret = _secret_bytes("cache_secret", secret)
         self.uncached = frozenset(uncached)
         self.versions = {t: _version_code(t, v) for t, v in (versions or {}).items()}
         self.encoders = {t: _encoder(t, e) for t, e in (encoders or {}).items()}
@@ -188,15 +233,21 @@ class Checkpoint:
         self.reset: set[Task] = set()  # reset by the user since the last run
         self._tokens: dict[Task, str] = {}
 
-    def __repr__(self) -> str:
-        return f"<Checkpoint {self.store!r} write={self.write!r}>"
+    def __repr__(self) -> str:  # never the secret
+        limit = "" if self.limit is None else f" limit={self.limit}"
+        signed = " signed" if self.secret is not None else ""
+        return f"<Checkpoint {self.store!r} write={self.write!r}{limit}{signed}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # The secret travels with a pickled graph: a restored graph that lost it would
+        # decode entries anyone could have written.
         settings = {
             "write": self.write,
             "uncached": self.uncached,
             "versions": {t: v.hex() for t, v in self.versions.items()},
             "encoders": self.encoders,
+            "limit": self.limit,
+            "secret": self.secret,
         }
         return (_restore, (self.store, settings))
 
@@ -239,46 +290,100 @@ class Checkpoint:
         else:
             self.reset.difference_update(tasks)
         values = sum(1 for key in keys if not _is_record(key))
-        delete = getattr(self.store, "delete", None)
-        if callable(delete):
-            delete(keys)
-        else:
-            for key in keys:
-                self.store.pop(key, None)
+        delete(self.store, keys)
         return values
 
-    def save(self) -> int:
-        """Write the entries held by ``write='manual'``; return how many."""
+    def save(self, tasks: Sequence[Task] = ()) -> int:
+        """Write the entries held by ``write='manual'``, then trim to the limit (on a
+        plain mapping, among the entries of ``tasks``); return how many were written."""
         pending, self.pending = self.pending, []
         _apply(self.store, pending)
+        if self.limit is not None and pending:
+            self.trim(self.limit, tasks)
         return _entries(pending)
 
     def entries(self, tasks: Iterable[Task] | None = None) -> list[CacheEntry]:
-        """The stored entries, of ``tasks`` only when given, sorted by task then key."""
-        if tasks is None:
-            keys = [k for k in self.store if not _is_record(k)]
-        else:
-            prefixes = [f"{self.token(t)}/" for t in tasks]
-            keys = [k for p in prefixes for k in keys_under(self.store, p) if not _is_record(k)]
-        found = []
-        for key in keys:
-            data = self.store.get(key)
-            if data is None:
-                continue
-            try:
-                header = read_header(data)
-            except CorruptEntryError:
-                header = {"task": key.partition("/")[0], "enc": "?", "t": 0.0}
-            found.append(
-                CacheEntry(
-                    task=str(header.get("task")),
-                    key=key,
-                    size=len(data),
-                    written=float(header.get("t", 0.0)),
-                    encoder=str(header.get("enc")),
-                )
+        """The stored entries, of ``tasks`` only when given, sorted by task then key.
+
+        Reads heads only: the default store keeps them beside the values."""
+        prefixes = [""] if tasks is None else [f"{self.token(t)}/" for t in tasks]
+        stats = stat_under(self.store, prefixes)
+        found = [  # `_entry`, inlined: a listing of 100,000 entries makes 100,000 records
+            CacheEntry(
+                key.partition("/")[0] if task is None else task,
+                key,
+                size,
+                written or 0.0,
+                encoder or "?",
+                (written or 0.0) if used is None else used,
             )
-        return sorted(found, key=lambda e: (e.task, e.key))
+            for key, size, used, task, written, encoder in stats
+            if not key.endswith("/last")
+        ]
+        found.sort(key=_by_task)
+        return found
+
+    def prune(
+        self,
+        tasks: Sequence[Task],
+        *,
+        keep_last: int | None = 1,
+        older_than: object = None,
+        max_bytes: int | str | None = None,
+    ) -> list[CacheEntry]:
+        """Drop entries of ``tasks`` beyond each one's ``keep_last`` most recently used,
+        or last used more than ``older_than`` ago; then trim to ``max_bytes`` (see
+        `trim`).  Returns what was dropped, sorted by task then key."""
+        age, size = prune_options(keep_last, older_than, max_bytes)
+        prefixes = [f"{self.token(t)}/" for t in tasks]
+        dropped = prune(self.store, prefixes, keep_last=keep_last, older_than=age)
+        found = [_entry(stat) for stat in dropped]
+        if size is not None:
+            found += self.trim(size, tasks)
+        return sorted(found, key=_by_task)
+
+    def trim(self, max_bytes: int, tasks: Sequence[Task]) -> list[CacheEntry]:
+        """Drop least-recently-used entries until the store holds at most ``max_bytes``:
+        of every graph sharing it where the store records use (the default store; the
+        first of a chain), else of ``tasks`` only, oldest written first."""
+        dropped = trim(self.store, max_bytes)
+        if dropped is None:
+            prefixes = [f"{self.token(t)}/" for t in tasks]
+            dropped = trim_listed(self.store, prefixes, max_bytes)
+        return [_entry(stat) for stat in dropped]
+
+
+def prune_options(
+    keep_last: object, older_than: object, max_bytes: object
+) -> tuple[float | None, int | None]:
+    """Check `Checkpoint.prune`'s options; return ``older_than`` in seconds and
+    ``max_bytes`` in bytes (None where not given).
+
+    Raises:
+        ValueError: an option is not what `taskmap.prune_cache` documents.
+    """
+    if keep_last is not None and (
+        isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
+    ):
+        raise ValueError(f"keep_last must be None or an int >= 0 (got {keep_last!r})")
+    age = None if older_than is None else parse_duration("older_than", older_than)
+    size = None if max_bytes is None else parse_size("max_bytes", max_bytes)
+    return age, size
+
+
+def _entry(stat: Stat) -> CacheEntry:
+    """A listing's record of an entry (the task named by its key's prefix when its
+    header is missing or damaged)."""
+    key, size, used, task, written, encoder = stat
+    if written is None:
+        written = 0.0
+    if task is None:
+        task = key.partition("/")[0]
+    return CacheEntry(task, key, size, written, encoder or "?", written if used is None else used)
+
+
+#: sort key of listings: by task, then key
+_by_task = operator.attrgetter("task", "key")
 
 
 class CacheRun:
@@ -304,7 +409,12 @@ class CacheRun:
         self.inputs: list[tuple[bytes, list[bytes]] | None] = [None] * n
         self.why: dict[Task, Explanation] = {}
         self.stats = CacheStats()
-        self.present: set[str] | None = None  # every key in the store, after a first miss
+        #: the keys under this run's tasks' prefixes, after a first miss (rule 6), for the
+        #: first ``listed`` tasks (a graph may grow); None: not asked, or the store cannot say
+        self.present: set[str] | None = None
+        self.listed = -1
+        self.used: list[str] = []  # keys read: their use is recorded at the end (rule 7)
+        self.signer = None if checkpoint.secret is None else signer(checkpoint.secret)
         self.asked: set[int] = set()  # tasks whose entries were prefetched (or tried)
         self.fetched: dict[str, bytes] = {}  # prefetched entries not looked up yet
         self.absent: set[str] = set()  # keys prefetch did not find
@@ -332,13 +442,19 @@ class CacheRun:
             return False, None
         if key in self.fetched:
             data = self.fetched.pop(key)
-        elif key in self.absent or (self.present is not None and key not in self.present):
+        elif key in self.absent or self._absent(tid, key):
             data = None
-            if self.present is None:
-                self._list_keys()
         else:
             data = self._get(key)
+        if data is None and self.listed < 0:
+            self._list_keys()
         if data is not None:
+            if self.signer is not None and not self.signer.verify(key, data):
+                # rule 8: never decoded, so never unpickled
+                self._warn(
+                    f"task {name!r}: entry not signed with this cache's secret, running it again"
+                )
+                return self._miss(tid, Reason.UNSIGNED)
             try:
                 value, out = self._decode(data) if load else self._peek(data)
             except Exception as exc:  # torn, corrupt, or written by another version
@@ -346,6 +462,7 @@ class CacheRun:
                 return self._miss(tid, Reason.UNREADABLE, str(exc))
             self.digests[tid] = out
             self.batching = True
+            self.used.append(key)
             self.stats.hits += 1
             self.stats.bytes_read += len(data)
             self.why[name] = Explanation(name, False, Reason.CACHED)
@@ -371,7 +488,7 @@ class CacheRun:
             key = self.keys[tid]
             if key is None:
                 key = self._key(tid)
-            if key and (self.present is None or key in self.present):
+            if key and not self._absent(tid, key):
                 keys.append(key)
         if get_many is None or len(keys) < 2:
             return
@@ -423,20 +540,26 @@ class CacheRun:
 
     def _get(self, key: str) -> bytes | None:
         try:
-            data = self.store.get(key)
+            return self.store.get(key)
         except Exception as exc:
             self._warn(
                 f"cache store {_describe(self.store)} could not be read ({exc!r}); the task runs"
             )
             return None
-        if data is None and self.present is None:
-            self._list_keys()
-        return data
+
+    def _absent(self, tid: int, key: str) -> bool:
+        """Whether the first miss's listing says ``key`` is not stored."""
+        present = self.present
+        return present is not None and tid < self.listed and key not in present
 
     def _list_keys(self) -> None:
-        """Remember every key in the store: later misses cost a set lookup, not a read."""
+        """Remember the keys of this run's tasks (rule 6): later misses cost a set
+        lookup, not a read.  One query on the default store; never a listing of it."""
+        names = self.names
+        self.listed = len(names)
+        token = self.checkpoint.token
         try:
-            self.present = set(self.store)
+            self.present = keys_under_many(self.store, [f"{token(n)}/" for n in names])
         except Exception as exc:
             self._warn(f"cache store {_describe(self.store)} could not be listed ({exc!r})")
             self.present = None
@@ -460,7 +583,7 @@ class CacheRun:
 
     def _reason(self, tid: int) -> tuple[Reason, str]:
         name = self.names[tid]
-        last = self._last(name)
+        last = self._last(tid)
         if last is not None and last.get("failed"):
             return Reason.FAILED_BEFORE, str(last["failed"])
         if name in self.checkpoint.reset:
@@ -490,9 +613,9 @@ class CacheRun:
         changed = [name for (name, d), b in zip(now, before, strict=True) if d != b]
         return "from " + ", ".join(map(repr, changed))
 
-    def _last(self, name: Task) -> dict[str, Any] | None:
-        key = f"{self.checkpoint.token(name)}/last"
-        if self.present is not None and key not in self.present:
+    def _last(self, tid: int) -> dict[str, Any] | None:
+        key = f"{self.checkpoint.token(self.names[tid])}/last"
+        if self._absent(tid, key):
             return None
         try:
             data = self.store.get(key)
@@ -536,6 +659,8 @@ class CacheRun:
             f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{time.time()!r}'
         )
         data = pack_entry(payload, encoder.name, out, meta)
+        if self.signer is not None:
+            data = self.signer.sign(key, data)
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
@@ -555,16 +680,30 @@ class CacheRun:
     def close(self, *, write: bool = True) -> None:
         """Write what is due (everything but ``write='manual'`` entries) and stop the writer.
 
-        ``write=False`` ends a dry run (`explain`): nothing was stored, nothing is reset.
+        ``write=False`` ends a dry run (`explain`): nothing was stored, nothing is reset,
+        no use is recorded.  With a limit, the store is trimmed (rule 7).
         """
-        held = self.writer.close()
-        close_store(self.store)  # rule 5 of the store: no connection outlives the run
+        try:
+            held = self.writer.close(self.used if write else [])
+            if write and self.checkpoint.limit is not None:
+                self._trim(self.checkpoint.limit)
+        finally:
+            close_store(self.store)  # rule 5 of the store: no connection outlives the run
         if not write:
             return
         self.checkpoint.pending.extend(held)
         self.checkpoint.reset.clear()
         for message in self.writer.errors:
             self._warn(message)
+
+    def _trim(self, limit: int) -> None:
+        try:
+            self.checkpoint.trim(limit, self.names)
+        except Exception as exc:  # a cache never fails a run
+            self.writer.errors.append(
+                f"cache store {_describe(self.store)} could not be trimmed to "
+                f"{limit:,} bytes: {exc!r}"
+            )
 
     def _warn(self, message: str) -> None:
         self.stats.warnings += 1
@@ -606,18 +745,22 @@ class _Writer:
             self.thread = threading.Thread(target=self._loop, name="taskmap-cache", daemon=True)
             self.thread.start()
 
-    def close(self) -> list[tuple[str, bytes | None]]:
-        """Write what is due, stop the thread; return what ``'manual'`` still holds."""
+    def close(self, used: Sequence[str] = ()) -> list[tuple[str, bytes | None]]:
+        """Write what is due with the uses of ``used`` keys (one transaction), stop the
+        thread; return what ``'manual'`` still holds."""
         if self.thread is not None:
-            self.closing.set()
-            self.wake.set()
+            with self.lock:  # not between the thread's look at `closing` and its clear
+                self.closing.set()
+                self.wake.set()
             self.thread.join()
         with self.lock:
             held, self.held = self.held, []
         if self.mode == "manual":
+            if used:
+                self._write([], used)
             return held
-        if held:
-            self._write(held)
+        if held or used:
+            self._write(held, used)
         return []
 
     def _loop(self) -> None:
@@ -628,7 +771,8 @@ class _Writer:
                     return
                 with self.lock:
                     batch, self.held = self.held, []
-                    self.wake.clear()
+                    if not self.closing.is_set():  # a lost wake-up hung close() (issue 14)
+                        self.wake.clear()
                 self._write(batch)
                 # close() may have set both events just before the clear above: its
                 # wake-up is gone, so look at closing before waiting again (a hang at
@@ -638,9 +782,11 @@ class _Writer:
         finally:
             release(self.store)  # this thread's connection ends with it
 
-    def _write(self, batch: list[tuple[str, bytes | None]]) -> None:
+    def _write(self, batch: list[tuple[str, bytes | None]], used: Sequence[str] = ()) -> None:
         try:
-            _apply(self.store, batch)
+            _apply(self.store, batch, used)
+        except CacheWarning as warning:  # the store healed (and wrote): a filter made it an error
+            self.errors.append(str(warning))
         except Exception as exc:
             self.errors.append(
                 f"cache store {_describe(self.store)}: a batch of {_entries(batch)} entries "
@@ -648,17 +794,18 @@ class _Writer:
             )
 
 
-def _apply(store: Store, batch: Sequence[tuple[str, bytes | None]]) -> None:
-    """Write and delete in order: the last operation on a key wins."""
+def _apply(
+    store: Store, batch: Sequence[tuple[str, bytes | None]], used: Sequence[str] = ()
+) -> None:
+    """Write and delete in order (the last operation on a key wins), and record the
+    uses of ``used`` keys: one transaction on the default store."""
     final: dict[str, bytes | None] = {}
     for key, data in batch:
         final.pop(key, None)
         final[key] = data
-    writes = {k: d for k, d in final.items() if d is not None}
-    if writes:
-        store.update(writes)
-    for key in (k for k, d in final.items() if d is None):
-        store.pop(key, None)
+    writes = [(k, d) for k, d in final.items() if d is not None]
+    deletes = [k for k, d in final.items() if d is None]
+    commit(store, writes, deletes, used)
 
 
 #: a value's output digest, its encoded entry payload (None if the encoder could not:
@@ -766,6 +913,31 @@ def _write_mode(write: object) -> WriteMode:
     )
 
 
+#: the environment variable that gives a cache its secret when ``cache_secret`` does not
+SECRET_VARIABLE = "TASKMAP_CACHE_SECRET"
+
+
+def resolve_secret(secret: str | bytes | None) -> str | bytes | None:
+    """``cache_secret``, else ``$TASKMAP_CACHE_SECRET`` (unset or empty: no secret)."""
+    if secret is not None:
+        return secret
+    return os.environ.get(SECRET_VARIABLE) or None
+
+
+def _secret_bytes(where: str, secret: object) -> bytes | None:
+    if secret is None:
+        return None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes | bytearray):
+        raise TypeError(
+            f"{where} must be a str or bytes (got {with_article(type(secret).__name__)})"
+        )
+    if not secret:
+        raise ValueError(f"{where} must not be empty (an empty secret signs nothing)")
+    return bytes(secret)
+
+
 def _version_code(task: Task, version: object) -> bytes:
     if not isinstance(version, str | int) or isinstance(version, bool):
         raise TypeError(
@@ -799,6 +971,8 @@ def _restore(store: Store, settings: dict[str, Any]) -> Checkpoint:
         write=settings["write"],
         uncached=settings["uncached"],
         encoders=settings["encoders"],
+        limit=settings.get("limit"),
+        secret=settings.get("secret"),
     )
     checkpoint.versions = {t: bytes.fromhex(v) for t, v in settings["versions"].items()}
     return checkpoint

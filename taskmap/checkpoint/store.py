@@ -5,15 +5,17 @@ Design note
 The store protocol is the mapping protocol, nothing more: ``store[key]`` returns an
 entry's bytes or raises KeyError, ``store[key] = data`` writes one, ``del store[key]``
 drops one, iterating lists the keys.  A dict, an ``fsspec`` mapper (remote storage)
-or a ``diskcache.Cache`` works as it is.  Two optional methods make a store faster,
-and are used when present: ``update(pairs)`` writing many entries at once,
-``get_many(keys)`` reading many (a dict of those found), and ``keys_under(prefix)``
-listing the keys that start with a prefix.
+or a ``diskcache.Cache`` works as it is.  Optional methods make a store faster, and
+are used when present: ``update(pairs)`` writing many entries at once,
+``get_many(keys)`` reading many (a dict of those found), ``keys_under(prefix)``
+listing the keys that start with a prefix; and, for a store that manages its size
+(`DirectoryStore`), ``keys_under_many``, ``stat_under``, ``commit`` (writes,
+deletions and uses in one transaction), ``usage`` and ``trim``.
 
 Keys are ``'<task token>/<32 hex digits>'``; a task's token is its name made safe
 for paths plus a short digest of the name, so the entries of one task share a
-prefix.  ``'<task token>/failed'`` remembers that the task failed (the failure's
-key, to explain the rerun); it holds no value.
+prefix.  ``'<task token>/last'`` records the task's last run (its key, code and
+inputs, and the failure if it failed), to explain the next miss; it holds no value.
 
 Rules for the embedded default, `DirectoryStore`:
 
@@ -30,27 +32,88 @@ Rules for the embedded default, `DirectoryStore`:
    its own when it ends (`release`), a run closes them all when it ends (`close`;
    the store reopens on next use), and a store that is collected closes what is
    left (a `weakref.finalize`, which also runs at interpreter exit).
+6. **Size and use are kept beside the entries** (issue 14), so that listing,
+   pruning and trimming never read a value: table ``meta`` holds each key's size,
+   last use, and the task, time written and encoder its entry's header names;
+   ``totals`` holds the number of entries, their bytes and the highest rowid of
+   ``entries``.  Every write, deletion and use updates them in the same transaction,
+   set by set (no trigger: a row trigger made deleting 100,000 entries three times
+   slower).  A store made before them is migrated in place when opened (``PRAGMA
+   user_version`` 0 -> 1); one an older taskmap wrote to since is found when opened
+   (a count or the highest rowid differs from ``totals``) and re-indexed.
+7. **A damaged database heals** (issue 14): a file SQLite cannot open or read
+   (``SQLITE_NOTADB``, ``SQLITE_CORRUPT``) is moved aside, with its ``-wal`` and
+   ``-shm`` files, as ``<file>.corrupt-<timestamp>``, a `CacheWarning` names both
+   paths, and a fresh database takes its place: the operation is retried on it.
+   Nothing is deleted.  Every thread's connection to the old file is replaced at
+   its next use (a generation count); another process that finds the file already
+   replaced (a new inode) reconnects without moving anything.
+
+::
+
+    driver thread ─ get, get_many ───────────┐          entries (key, value)
+    writer thread ─ commit(writes, uses) ────┼─► one ─► meta (key, size, used, task, written, enc)
+    prune, trim ─ stat_under, drop ──────────┘   txn    totals (entries, bytes, highest rowid)
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import os
 import sqlite3
 import threading
+import time
+import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
-from ..errors import with_article
+from ..errors import CacheWarning, with_article
+from .encoders import HEAD_PROBE, CorruptEntryError, entry_head, head_span, parse_head
 
-__all__ = ["ChainStore", "DirectoryStore", "Store", "open_store"]
+__all__ = ["ChainStore", "DirectoryStore", "Stat", "Store", "open_store"]
 
 Store = MutableMapping[str, bytes]
+T = TypeVar("T")
 
 DB_NAME = "taskmap-cache.sqlite3"
+SCHEMA_VERSION = 1
 _SCHEMA = "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
+#: schema version 1: what rule 6 keeps beside the entries
+_SCHEMA_1 = (
+    # small rows, read in key order: clustered on the key (no rowid, no second b-tree)
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+    " used REAL NOT NULL, task TEXT, written REAL, enc TEXT) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS meta_used ON meta (used)",
+    "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0),"
+    " entries INTEGER NOT NULL, bytes INTEGER NOT NULL, mark INTEGER NOT NULL)",
+)
+_GET = "SELECT value FROM entries WHERE key = ?"
+#: seconds: last uses are recorded to this resolution (least-recently-used order among
+#: entries used within it is the order they were written in)
+USE_RESOLUTION = 60.0
+_HIGHEST = "\U0010ffff"  # sorts after every character a key may hold
+#: result codes (the low byte of an extended code) of a file SQLite cannot use
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+class Stat(NamedTuple):
+    """What a listing knows of an entry without reading its value.
+
+    ``used``: when a run last wrote or read it (None: the store does not record use);
+    ``task``, ``written``, ``enc``: what the entry's header says (None when the value
+    is not a taskmap entry, or its header is damaged).
+    """
+
+    key: str
+    size: int
+    used: float | None
+    task: str | None = None
+    written: float | None = None
+    enc: str | None = None
 
 
 class DirectoryStore(MutableMapping[str, bytes]):
@@ -71,7 +134,10 @@ class DirectoryStore(MutableMapping[str, bytes]):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._finalizer = weakref.finalize(self, _close_all, self._connections)
-        self._db()  # fail now, naming the file, rather than in the middle of a run
+        self._generation = 0  # bumped when the file is replaced: every thread reconnects
+        self._notes: collections.deque[str] = collections.deque()  # warnings not given yet
+        self._read(_check)  # fail now, naming the file, rather than in the middle of a run
+        self._warn_notes()
 
     def __repr__(self) -> str:
         return f"DirectoryStore({str(self.path)!r})"
@@ -79,60 +145,163 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (DirectoryStore, (str(self.path),))
 
+    # -- connections -----------------------------------------------------------
+
     def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
-            with self._lock:
-                self._connections.append(db)
+        local = self._local
+        db: sqlite3.Connection | None = getattr(local, "db", None)
+        if db is not None and local.generation == self._generation:
+            return db
+        if db is not None:  # the file was replaced (rule 7): this one reads the old file
+            self.release()
+        generation = self._generation
+        db, inode = self._connect()
+        local.db, local.inode, local.generation = db, inode, generation
+        with self._lock:
+            self._connections.append(db)
         return db
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> tuple[sqlite3.Connection, int]:
         # Switching a new file to WAL mode writes its header outside SQLite's busy
         # handler: a second process opening it then fails at once with "database is
         # locked".  Processes opening the store take turns, on a lock file.
         with _file_lock(self.path / f"{DB_NAME}.lock"):
-            # one thread uses each connection; close() may run on another thread
-            db = sqlite3.connect(
-                self.file, timeout=60, isolation_level=None, check_same_thread=False
-            )
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute(_SCHEMA)
+                db = self._open()
             except sqlite3.DatabaseError as exc:
-                db.close()
-                raise sqlite3.DatabaseError(
-                    f"cache database {str(self.file)!r} cannot be used ({exc}); delete it, "
-                    "or choose another cache directory"
-                ) from exc
+                if not _damaged(exc):
+                    raise self._unusable(exc) from exc
+                self._move_aside(exc)  # rule 7; we hold the lock, so the file is the one read
+                try:
+                    db = self._open()
+                except sqlite3.DatabaseError as again:
+                    raise self._unusable(again) from again
+            return db, os.stat(self.file).st_ino
+
+    def _open(self) -> sqlite3.Connection:
+        new = not self.file.exists() or self.file.stat().st_size == 0
+        # one thread uses each connection; close() may run on another thread
+        db = sqlite3.connect(self.file, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            if new:  # on an existing file this pragma costs milliseconds (and a write)
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            # pruning and trimming walk many pages of entries and meta at once; SQLite's
+            # default (2 MB) would read most of them twice.  Memory grows only if used.
+            db.execute("PRAGMA cache_size = -32768")
+            db.execute("PRAGMA temp_store = MEMORY")  # prune's temporary table
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                _migrate(db)
+            else:  # reads the schema: a damaged first page fails here, not mid-run
+                db.execute("SELECT entries, bytes, mark FROM totals").fetchone()
+        except BaseException:
+            db.close()
+            raise
         return db
 
+    def _unusable(self, exc: sqlite3.DatabaseError) -> sqlite3.DatabaseError:
+        return sqlite3.DatabaseError(
+            f"cache database {str(self.file)!r} cannot be used ({exc}); delete it, "
+            "or choose another cache directory"
+        )
+
+    # -- rule 7: healing -------------------------------------------------------
+
+    def _heal(self, exc: sqlite3.DatabaseError) -> None:
+        """The calling thread's connection met a damaged file: move the file aside
+        unless another thread or process did already, and reconnect everyone."""
+        inode = getattr(self._local, "inode", None)
+        with self._lock, _file_lock(self.path / f"{DB_NAME}.lock"):
+            try:
+                current: int | None = os.stat(self.file).st_ino
+            except FileNotFoundError:
+                current = None
+            if current is not None and current == inode:
+                self._move_aside(exc)
+            self._generation += 1
+        self.release()
+
+    def _move_aside(self, exc: sqlite3.DatabaseError) -> None:
+        """Rename the database and its -wal and -shm files; call holding the file lock."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path / f"{DB_NAME}.corrupt-{stamp}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path / f"{DB_NAME}.corrupt-{stamp}-{n}"
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.file}{suffix}", f"{aside}{suffix}")
+        self._notes.append(
+            f"cache database {str(self.file)!r} cannot be used ({exc}): moved it aside to "
+            f"{str(aside)!r} and started a fresh one (its tasks run again)"
+        )
+
+    def _warn_notes(self) -> None:
+        """Warn of what healing did, once the operation that healed is complete (a
+        warning made an error by a filter then leaves no work undone)."""
+        while self._notes:
+            try:
+                note = self._notes.popleft()
+            except IndexError:  # another thread took it
+                return
+            warnings.warn(note, CacheWarning, stacklevel=3)
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            result = op(self._db())
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            self._heal(exc)
+            result = op(self._db())
+        if self._notes:
+            self._warn_notes()
+        return result
+
+    def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one write transaction (healing and retrying once)."""
+        return self._read(lambda db: _transaction(db, body))
+
+    # -- the mapping -----------------------------------------------------------
+
     def __getitem__(self, key: str) -> bytes:
-        row = self._db().execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        data = self.get(key)
+        if data is None:
             raise KeyError(key)
-        return row[0]  # type: ignore[no-any-return]
+        return data  # type: ignore[no-any-return]
 
     def get(self, key: str, default: Any = None) -> Any:
-        row = self._db().execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
+        try:  # the hot path of a cached rerun: no closure
+            row = self._db().execute(_GET, (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise
+            self._heal(exc)
+            row = self._read(lambda db: db.execute(_GET, (key,)).fetchone())
+        if self._notes:
+            self._warn_notes()
         return default if row is None else row[0]
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The entries of those ``keys`` that exist, read in a few queries."""
-        db = self._db()
-        found: dict[str, bytes] = {}
-        for start in range(0, len(keys), 500):  # SQLite caps the parameters of a query
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, value FROM entries WHERE key IN ({marks})"
-            found.update(db.execute(sql, chunk).fetchall())
-        return found
+
+        def read(db: sqlite3.Connection) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            for start in range(0, len(keys), 500):  # SQLite caps the parameters of a query
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT key, value FROM entries WHERE key IN ({marks})"
+                found.update(db.execute(sql, chunk).fetchall())
+            return found
+
+        return self._read(read)
 
     def __contains__(self, key: object) -> bool:
         sql = "SELECT 1 FROM entries WHERE key = ?"
-        return self._db().execute(sql, (key,)).fetchone() is not None
+        return self._read(lambda db: db.execute(sql, (key,)).fetchone() is not None)
 
     def __setitem__(self, key: str, value: bytes) -> None:
         self.update([(key, value)])
@@ -141,16 +310,42 @@ class DirectoryStore(MutableMapping[str, bytes]):
         """Write many entries in one transaction (all or none of them)."""
         items = list(pairs.items() if isinstance(pairs, Mapping) else pairs)
         items += kwargs.items()
-        if not items:
-            return
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", items)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        if items:
+            self.commit(items)
+
+    def commit(
+        self,
+        writes: Sequence[tuple[str, bytes]] = (),
+        deletes: Sequence[str] = (),
+        uses: Sequence[str] = (),
+        when: float | None = None,
+    ) -> None:
+        """Write, delete and record the use of entries in one transaction (rule 6).
+
+        ``uses``: keys a run read.  Their last use, and that of the written entries,
+        becomes ``when`` (default: now); a use within `USE_RESOLUTION` seconds of the
+        last one recorded is not written (a rerun loop dirties no page).
+        """
+        used = time.time() if when is None else when
+        final = dict(writes)  # the last write of a key wins
+
+        def body(db: sqlite3.Connection) -> None:
+            if final:
+                count, size = _sizes(db, list(final))  # of the entries replaced
+                db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", final.items())
+                meta = [(k, len(d), used, *_fields(d)) for k, d in final.items()]
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)", meta)
+                added = sum(row[1] for row in meta)
+                db.execute(_COUNT, (len(meta) - count, added - size))
+            if deletes:
+                _drop(db, deletes)
+            if uses:  # a use within USE_RESOLUTION of the last one writes nothing
+                recent = used - USE_RESOLUTION
+                rows = [(used, k, recent) for k in uses]
+                sql = "UPDATE meta SET used = ?1 WHERE key = ?2 AND (used < ?3 OR used > ?1)"
+                db.executemany(sql, rows)
+
+        self._write(body)
 
     def __delitem__(self, key: str) -> None:
         if not self.delete([key]):
@@ -158,30 +353,147 @@ class DirectoryStore(MutableMapping[str, bytes]):
 
     def delete(self, keys: Iterable[str]) -> int:
         """Drop the entries of ``keys`` (missing ones are ignored); return how many went."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            count = sum(
-                db.execute("DELETE FROM entries WHERE key = ?", (key,)).rowcount for key in keys
-            )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        keys = list(keys)
+
+        def body(db: sqlite3.Connection) -> int:
+            return _drop(db, keys)
+
+        count = self._write(body)
+        if count:
+            self._vacuum()
         return count
 
     def keys_under(self, prefix: str) -> list[str]:
         """The keys starting with ``prefix``, sorted."""
         sql = "SELECT key FROM entries WHERE key >= ? AND key < ? ORDER BY key"
-        rows = self._db().execute(sql, (prefix, prefix + "\U0010ffff")).fetchall()
+        rows = self._read(lambda db: db.execute(sql, (prefix, prefix + _HIGHEST)).fetchall())
         return [key for (key,) in rows]
 
+    def keys_under_many(self, prefixes: Sequence[str]) -> list[str]:
+        """The keys starting with any of ``prefixes`` (in one query where SQLite has
+        ``json_each``): what a run asks at its first miss, for its own tasks only."""
+        rows = self._read(lambda db: _under(db, "e.key", "entries", prefixes))
+        return [key for (key,) in rows]
+
+    def stat_under(self, prefixes: Sequence[str]) -> list[Stat]:
+        """A `Stat` of every key starting with one of ``prefixes`` (``['']``: every
+        key), in no particular order, read from ``meta``: no value is read, except the
+        head of an entry written by an older taskmap (``last`` records are not read)."""
+
+        def read(db: sqlite3.Connection) -> list[Stat]:
+            columns = "e.key, e.size, e.used, e.task, e.written, e.enc"
+            (count,) = db.execute("SELECT entries FROM totals").fetchone()
+            if "" in prefixes:  # every key
+                stats = list(map(Stat._make, db.execute(f"SELECT {columns} FROM meta AS e")))
+            elif len(prefixes) * 2 >= count:  # most of the store: one scan beats a join
+                wanted = set(prefixes)
+                rows = db.execute(f"SELECT {columns} FROM meta AS e")
+                stats = [Stat._make(r) for r in rows if r[0][: r[0].find("/") + 1] in wanted]
+            else:
+                stats = list(map(Stat._make, _under(db, columns, "meta", prefixes)))
+            for i, stat in enumerate(stats):
+                if stat.task is None and not stat.key.endswith("/last"):
+                    stats[i] = _stat_of(db, stat.key, stat.size, stat.used)
+            return stats
+
+        return self._read(read)
+
+    def prune(
+        self, prefixes: Sequence[str], keep_last: int | None, cutoff: float | None
+    ) -> list[Stat] | None:
+        """`prune` in SQL: rank each prefix's entries by last use, drop those ranked
+        past ``keep_last`` or last used before ``cutoff``, all set by set.  Returns what
+        was dropped, or None where SQLite has no ``json_each`` (prune in Python)."""
+        if not _JSON_EACH.get(sqlite3.sqlite_version, True):
+            return None
+        ranked = (
+            "SELECT e.key, e.size, e.used, e.task, e.written, e.enc, row_number() OVER"
+            " (PARTITION BY p.value ORDER BY e.used DESC) AS rank FROM json_each(?1) AS p"
+            " JOIN meta AS e ON e.key >= p.value AND e.key < p.value || char(1114111)"
+            " WHERE substr(e.key, -5) != '/last'"
+        )
+        select = (
+            "INSERT INTO temp.doomed SELECT key, size, used, task, written, enc"
+            f" FROM ({ranked}) WHERE rank > ?2 OR used < ?3"
+        )
+        params = (
+            json.dumps(list(prefixes)),
+            2**62 if keep_last is None else keep_last,
+            -1.0 if cutoff is None else cutoff,
+        )
+
+        def body(db: sqlite3.Connection) -> list[Stat]:
+            db.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS doomed (key TEXT PRIMARY KEY, size INTEGER,"
+                " used REAL, task TEXT, written REAL, enc TEXT)"
+            )
+            db.execute("DELETE FROM temp.doomed")
+            db.execute(select, params)
+            count, size = db.execute("SELECT count(*), total(size) FROM temp.doomed").fetchone()
+            db.execute("DELETE FROM meta WHERE key IN (SELECT key FROM temp.doomed)")
+            db.execute("DELETE FROM entries WHERE key IN (SELECT key FROM temp.doomed)")
+            db.execute(_COUNT, (-count, -int(size)))
+            dropped = list(map(Stat._make, db.execute("SELECT * FROM temp.doomed")))
+            db.execute("DELETE FROM temp.doomed")
+            return dropped
+
+        try:
+            dropped = self._write(body)
+        except sqlite3.OperationalError as exc:  # SQLite built without JSON
+            if "json_each" not in str(exc):
+                raise
+            _JSON_EACH[sqlite3.sqlite_version] = False
+            return None
+        if dropped:
+            self._vacuum()
+        return dropped
+
+    def usage(self) -> tuple[int, int]:
+        """``(entries, bytes)``: how many keys the store holds and their size in bytes."""
+        row = self._read(lambda db: db.execute("SELECT entries, bytes FROM totals").fetchone())
+        return int(row[0]), int(row[1])
+
+    def trim(self, max_bytes: int) -> list[Stat]:
+        """Drop least-recently-used entries until the store holds at most ``max_bytes``
+        (``last`` records stay: they are small and explain the next miss).  Returns
+        what was dropped, least recently used first."""
+
+        def body(db: sqlite3.Connection) -> list[Stat]:
+            excess = int(db.execute("SELECT bytes FROM totals").fetchone()[0]) - max_bytes
+            if excess <= 0:
+                return []
+            dropped: list[Stat] = []
+            columns = "key, size, used, task, written, enc"
+            rows = db.execute(f"SELECT {columns} FROM meta ORDER BY used")
+            for row in rows:
+                if row[0].endswith("/last"):
+                    continue
+                dropped.append(Stat(*row))
+                excess -= row[1]
+                if excess <= 0:
+                    break
+            rows.close()
+            _drop(db, [s.key for s in dropped])
+            return dropped
+
+        dropped = self._write(body)
+        if dropped:
+            self._vacuum()
+        return dropped
+
+    def _vacuum(self) -> None:
+        """Give freed pages back to the file system (a store made with incremental
+        auto-vacuum: every store made by this version)."""
+        with contextlib.suppress(sqlite3.OperationalError):  # busy: the next one will
+            # one page a step: executescript steps it to the end (execute steps once)
+            self._db().executescript("PRAGMA incremental_vacuum;")
+
     def __iter__(self) -> Iterator[str]:
-        rows = self._db().execute("SELECT key FROM entries ORDER BY key").fetchall()
+        rows = self._read(lambda db: db.execute("SELECT key FROM entries ORDER BY key").fetchall())
         return iter([key for (key,) in rows])
 
     def __len__(self) -> int:
-        return int(self._db().execute("SELECT count(*) FROM entries").fetchone()[0])
+        return int(self._read(lambda db: db.execute("SELECT count(*) FROM entries").fetchone()[0]))
 
     def release(self) -> None:
         """Close the calling thread's connection (a thread that is ending calls it)."""
@@ -205,12 +517,176 @@ class DirectoryStore(MutableMapping[str, bytes]):
         self._local = threading.local()
 
 
+def _check(db: sqlite3.Connection) -> None:
+    """Re-index a store an older taskmap wrote to since (rule 6)."""
+    if not _consistent(db):
+        _reindex(db)
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite said the file is not a database, or is corrupt (rule 7)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _DAMAGED
+
+
+def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(db)
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # a damaged file may refuse this too
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return result
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store to `SCHEMA_VERSION`: add ``meta`` and ``totals`` (rule 6) and fill
+    them from the entries, reading only each entry's head.  One transaction; a
+    process that waited for the lock meanwhile finds it done."""
+
+    def body(db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        db.execute(_SCHEMA)
+        for statement in _SCHEMA_1:
+            db.execute(statement)
+        _index(db, {})
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    _transaction(db, body)
+
+
+def _index(db: sqlite3.Connection, used: Mapping[str, float]) -> None:
+    """(Re)build ``meta`` and ``totals`` from the entries (their heads only), keeping
+    the last use of the keys in ``used``; unknown, it is when the entry was written."""
+    rows = db.execute("SELECT rowid, key, length(value) FROM entries").fetchall()
+    now = time.time()
+    meta = []
+    for rowid, key, size in rows:
+        stat = _stat_of(db, key, size, now, rowid)
+        last = used.get(key, now if stat.written is None else min(stat.written, now))
+        meta.append((key, size, last, stat.task, stat.written, stat.enc))
+    db.execute("DELETE FROM meta")
+    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)", meta)
+    db.execute("DELETE FROM totals")
+    db.execute(
+        "INSERT INTO totals VALUES (0, ?, ?, (SELECT coalesce(max(rowid), 0) FROM entries))",
+        (len(meta), sum(row[1] for row in meta)),
+    )
+
+
+def _consistent(db: sqlite3.Connection) -> bool:
+    """Whether ``totals`` still counts what ``entries`` holds: an older taskmap writing
+    to a migrated store changes the count or the highest rowid without telling it."""
+    found = db.execute("SELECT count(*), coalesce(max(rowid), 0) FROM entries").fetchone()
+    kept = db.execute("SELECT entries, mark FROM totals").fetchone()
+    return tuple(found) == tuple(kept)
+
+
+def _reindex(db: sqlite3.Connection) -> None:
+    """Rebuild ``meta`` after an older taskmap wrote to the store (rare: O(entries))."""
+
+    def body(db: sqlite3.Connection) -> None:
+        if not _consistent(db):  # another process may have done it meanwhile
+            _index(db, dict(db.execute("SELECT key, used FROM meta").fetchall()))
+
+    _transaction(db, body)
+
+
+_COUNT = (
+    "UPDATE totals SET entries = entries + ?, bytes = bytes + ?,"
+    " mark = (SELECT coalesce(max(rowid), 0) FROM entries)"
+)
+_CHUNK = 500  # keys per statement: SQLite caps the parameters of one
+
+
+def _sizes(db: sqlite3.Connection, keys: Sequence[str]) -> tuple[int, int]:
+    """How many of ``keys`` ``meta`` holds, and their bytes."""
+    count = size = 0
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT count(*), total(size) FROM meta WHERE key IN ({marks})"
+        n, total = db.execute(sql, chunk).fetchone()
+        count, size = count + n, size + int(total)
+    return count, size
+
+
+def _drop(db: sqlite3.Connection, keys: Iterable[str]) -> int:
+    """Delete ``keys`` from entries and meta, in key order (the b-trees' order), and
+    count them out of totals; return how many entries went.  Call in a transaction."""
+    keys = sorted(set(keys))
+    count, size = _sizes(db, keys)
+    gone = 0
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        db.execute(f"DELETE FROM meta WHERE key IN ({marks})", chunk)
+        gone += db.execute(f"DELETE FROM entries WHERE key IN ({marks})", chunk).rowcount
+    db.execute(_COUNT, (-count, -size))
+    return gone
+
+
+def _stat_of(
+    db: sqlite3.Connection, key: str, size: int, used: float | None, rowid: int | None = None
+) -> Stat:
+    """A `Stat` from the entry's head, read from the value's first bytes (incremental
+    blob I/O: the rest of the value is not read)."""
+    if rowid is None:
+        row = db.execute("SELECT rowid FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return Stat(key, size, used)
+        rowid = row[0]
+    with db.blobopen("entries", "value", rowid, readonly=True) as blob:
+        span = head_span(blob.read(HEAD_PROBE))
+        if span is None:
+            return Stat(key, size, used)
+        blob.seek(0)
+        return Stat(key, size, used, *_fields(blob.read(span)))
+
+
+def _fields(data: bytes) -> tuple[str | None, float | None, str | None]:
+    """The task, time written and encoder an entry's header names (Nones: not an
+    entry, or a damaged header)."""
+    head = entry_head(data)
+    if head is None:
+        return None, None, None
+    try:
+        return parse_head(head)
+    except CorruptEntryError:
+        return None, None, None
+
+
+_JSON_EACH: dict[str, bool] = {}  # sqlite version -> whether json_each exists
+
+
+def _under(db: sqlite3.Connection, columns: str, table: str, prefixes: Sequence[str]) -> list[Any]:
+    """Rows of ``table`` (alias ``e``) whose key starts with one of ``prefixes``."""
+    if not prefixes:
+        return []
+    if _JSON_EACH.get(sqlite3.sqlite_version, True):
+        sql = (
+            f"SELECT {columns} FROM json_each(?) AS p JOIN {table} AS e"
+            " ON e.key >= p.value AND e.key < p.value || char(1114111)"
+        )
+        try:
+            return db.execute(sql, (json.dumps(list(prefixes)),)).fetchall()
+        except sqlite3.OperationalError as exc:  # SQLite built without JSON
+            if "json_each" not in str(exc):
+                raise
+            _JSON_EACH[sqlite3.sqlite_version] = False
+    sql = f"SELECT {columns} FROM {table} AS e WHERE e.key >= ? AND e.key < ?"
+    return [row for p in prefixes for row in db.execute(sql, (p, p + _HIGHEST)).fetchall()]
+
+
 class ChainStore(MutableMapping[str, bytes]):
     """Reads from several stores in order, writes to the first.
 
     A team cache on shared storage behind a fast local one:
     ``ChainStore([DirectoryStore('.taskmap'), fsspec.get_mapper('s3://team/cache')])``.
-    Deleting drops the key from every store that has it.
+    Deleting drops the key from every store that has it; a size limit trims the first.
     """
 
     def __init__(self, stores: Iterable[Store]) -> None:
@@ -295,6 +771,9 @@ def close(store: Store) -> None:
         store.close()
 
 
+# -- what taskmap asks of any store: the fast way when it has one ----------------------
+
+
 def keys_under(store: Store, prefix: str) -> list[str]:
     """The keys of ``store`` that start with ``prefix``, through ``keys_under`` when the
     store has it, else by listing every key."""
@@ -302,6 +781,225 @@ def keys_under(store: Store, prefix: str) -> list[str]:
     if method is not None:
         return list(method(prefix))
     return sorted(key for key in store if isinstance(key, str) and key.startswith(prefix))
+
+
+def keys_under_many(store: Store, prefixes: Sequence[str]) -> set[str] | None:
+    """The keys of ``store`` under any of ``prefixes``, or None when the store cannot
+    say without listing every key (then ask for each key: a run never lists a store)."""
+    if isinstance(store, DirectoryStore):
+        return set(store.keys_under_many(prefixes))
+    if isinstance(store, ChainStore):
+        found: set[str] = set()
+        for inner in store.stores:
+            keys = keys_under_many(inner, prefixes)
+            if keys is None:
+                return None
+            found |= keys
+        return found
+    return None
+
+
+def stat_under(store: Store, prefixes: Sequence[str]) -> list[Stat]:
+    """A `Stat` of every entry under ``prefixes``, in no particular order; from the
+    store's own records when it keeps them (no value is read), else by reading each
+    value."""
+    if isinstance(store, DirectoryStore):
+        return store.stat_under(prefixes)
+    if isinstance(store, ChainStore):
+        seen: dict[str, Stat] = {}
+        for inner in store.stores:  # the first store's entry is the one a run reads
+            for stat in stat_under(inner, prefixes):
+                seen.setdefault(stat.key, stat)
+        return list(seen.values())
+    found = []
+    keys = sorted({key for prefix in prefixes for key in keys_under(store, prefix)})
+    for key in keys:
+        data = store.get(key)
+        if data is not None:
+            found.append(Stat(key, len(data), None, *_fields(data)))
+    return found
+
+
+def commit(
+    store: Store,
+    writes: Sequence[tuple[str, bytes]],
+    deletes: Sequence[str],
+    uses: Sequence[str],
+) -> None:
+    """Write, delete, and record uses: one transaction where the store offers it."""
+    if isinstance(store, DirectoryStore):
+        store.commit(writes, deletes, uses)
+        return
+    if writes:
+        store.update(writes)
+    for key in deletes:
+        store.pop(key, None)
+    if uses and isinstance(store, ChainStore):  # a hit may come from any of its stores
+        when = time.time()
+        for inner in store.stores:
+            if isinstance(inner, DirectoryStore):
+                inner.commit(uses=uses, when=when)
+
+
+def usage(store: Store) -> tuple[int, int] | None:
+    """``(entries, bytes)`` of a store that keeps count (the first of a chain), else None."""
+    if isinstance(store, ChainStore):
+        store = store.stores[0]
+    return store.usage() if isinstance(store, DirectoryStore) else None
+
+
+def trim(store: Store, max_bytes: int) -> list[Stat] | None:
+    """Trim a store that records use (the first of a chain) to ``max_bytes``, least
+    recently used first; None when it records no use (the caller trims by listing)."""
+    if isinstance(store, ChainStore):
+        store = store.stores[0]
+    return store.trim(max_bytes) if isinstance(store, DirectoryStore) else None
+
+
+def delete(store: Store, keys: Sequence[str]) -> int:
+    """Drop ``keys`` from ``store`` (in one transaction where it can); return how many went."""
+    method = getattr(store, "delete", None)
+    if callable(method):
+        return int(method(keys))
+    count = 0
+    for key in keys:
+        if store.pop(key, None) is not None:
+            count += 1
+    return count
+
+
+def _last_use(stat: Stat) -> float:
+    """When an entry was last used: recorded by the store, else when it was written."""
+    if stat.used is not None:
+        return stat.used
+    return stat.written or 0.0
+
+
+def _is_value(stat: Stat) -> bool:
+    return not stat.key.endswith("/last")
+
+
+def prune(
+    store: Store,
+    prefixes: Sequence[str],
+    *,
+    keep_last: int | None,
+    older_than: float | None,
+    now: float | None = None,
+) -> list[Stat]:
+    """Drop, among the entries under ``prefixes`` (one prefix per task), those beyond
+    each task's ``keep_last`` most recently used, and those last used more than
+    ``older_than`` seconds ago.  ``last`` records stay.  Returns what was dropped."""
+    now = time.time() if now is None else now
+    cutoff = None if older_than is None else now - older_than
+    if isinstance(store, DirectoryStore):
+        found = store.prune(prefixes, keep_last, cutoff)
+        if found is not None:
+            return found
+    groups: dict[str, list[tuple[float, Stat]]] = collections.defaultdict(list)
+    for stat in stat_under(store, prefixes):
+        if _is_value(stat):
+            groups[stat.key.partition("/")[0]].append((_last_use(stat), stat))
+    dropped = []
+    for group in groups.values():
+        group.sort(key=lambda pair: pair[0], reverse=True)  # most recently used first
+        for rank, (used, stat) in enumerate(group):
+            if (keep_last is not None and rank >= keep_last) or (
+                cutoff is not None and used < cutoff
+            ):
+                dropped.append(stat)
+    delete(store, [stat.key for stat in dropped])
+    return dropped
+
+
+def trim_listed(store: Store, prefixes: Sequence[str], max_bytes: int) -> list[Stat]:
+    """`trim` for a store that records no use: the entries under ``prefixes`` (and
+    nothing else: the store is not listed), oldest written first, until they hold at
+    most ``max_bytes``."""
+    stats = stat_under(store, prefixes)
+    excess = sum(stat.size for stat in stats) - max_bytes
+    dropped = []
+    for stat in sorted(filter(_is_value, stats), key=_last_use):
+        if excess <= 0:
+            break
+        dropped.append(stat)
+        excess -= stat.size
+    delete(store, [stat.key for stat in dropped])
+    return dropped
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_DURATION_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(where: str, value: object) -> int:
+    """A number of bytes from an int or a string such as ``'500MB'``, ``'20GB'`` or
+    ``'1.5GiB'`` (kB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: of 1024).
+
+    Raises:
+        ValueError: anything else, named with ``where``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        number, unit = _split_unit(value)
+        factor = _SIZE_UNITS.get(unit.lower())
+        if number is not None and factor is not None:
+            return int(number * factor)
+    raise ValueError(
+        f"{where} must be a number of bytes or a size such as '500MB' or '20GB' (got {value!r})"
+    )
+
+
+def parse_duration(where: str, value: object) -> float:
+    """Seconds from a number, a `datetime.timedelta`, or a string such as ``'30d'``,
+    ``'12h'``, ``'90min'`` or ``'2w'`` (units s, m or min, h, d, w).
+
+    Raises:
+        ValueError: anything else, named with ``where``.
+    """
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif hasattr(value, "total_seconds") and callable(value.total_seconds):
+        seconds = float(value.total_seconds())
+    elif isinstance(value, str):
+        number, unit = _split_unit(value)
+        factor = _DURATION_UNITS.get(unit.lower())
+        if number is not None and factor is not None:
+            seconds = number * factor
+    if seconds is not None and seconds >= 0 and seconds == seconds and seconds != float("inf"):
+        return seconds
+    raise ValueError(
+        f"{where} must be a number of seconds, a timedelta or a duration such as '30d' or "
+        f"'12h' (got {value!r})"
+    )
+
+
+def _split_unit(text: str) -> tuple[float | None, str]:
+    """``'20 GB'`` -> ``(20.0, 'GB')``; ``(None, '')`` when there is no number."""
+    text = text.strip()
+    end = len(text)
+    while end and not (text[end - 1].isdigit() or text[end - 1] == "."):
+        end -= 1
+    try:
+        number = float(text[:end])
+    except ValueError:
+        return None, ""
+    if number < 0 or number != number or number == float("inf"):
+        return None, ""
+    return number, text[end:].strip()
 
 
 def open_store(spec: object) -> Store:

@@ -442,10 +442,10 @@ def test_bad_cache_arguments_name_the_problem(tmp_path: Path) -> None:
         r"\(got 'sometimes'\)",
     ):
         taskmap.create_graph(funcs, deps, cache={}, cache_write="sometimes")  # type: ignore[arg-type]
-    with pytest.raises(
-        ValueError, match="uncached, versions and encoders need a cache: pass cache="
-    ):
+    with pytest.raises(ValueError, match=r"^uncached needs a cache: pass cache=$"):
         taskmap.create_graph(funcs, deps, uncached=["a"])
+    with pytest.raises(ValueError, match=r"^versions and cache_limit need a cache: pass cache=$"):
+        taskmap.create_graph(funcs, deps, versions={"a": 1}, cache_limit="1GB")
     (tmp_path / "file").write_text("")
     with pytest.raises(NotADirectoryError, match="is a file"):
         taskmap.create_graph(funcs, deps, cache=tmp_path / "file")

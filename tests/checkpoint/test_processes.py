@@ -633,58 +633,38 @@ def test_store_opened_while_another_process_creates_the_database_waits(
     graph.checkpoint.store.close()  # type: ignore[attr-defined]
 
 
-# -- 6. a corrupt database file -------------------------------------------------------
+# -- 6. a corrupt database file: moved aside, a fresh store, the run goes on ---------------
 
 
-def test_corrupt_database_file_fails_create_graph_before_any_task_and_is_kept(
-    calls: Calls, tmp_path: Path
-) -> None:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    garbage = random.Random(6).randbytes(8192)
-    (cache / DB_NAME).write_bytes(garbage)
-    done = subprocess.run(
-        [sys.executable, str(etl_script(tmp_path)), str(cache), "run"],
-        env=environment(calls),
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
-    assert done.returncode == 1
-    assert done.stdout == ""
-    assert "in create_graph" in done.stderr
-    error = done.stderr.splitlines()[-1]
-    assert error == (
-        f"sqlite3.DatabaseError: cache database {str(cache / DB_NAME)!r} cannot be used "
-        "(file is not a database); delete it, or choose another cache directory"
-    )
-    assert counts(calls) == dict.fromkeys(TASKS, 0)
-    assert (cache / DB_NAME).read_bytes() == garbage  # the file is not replaced
+def damage(cache: Path, how: str) -> bytes:
+    """Damage every file of the cache directory as a torn disk would; return the
+    database file's bytes after the damage."""
+    rng = random.Random(6)
+    for path in sorted(cache.iterdir()):
+        data = path.read_bytes()
+        if how == "overwritten":
+            path.write_bytes(rng.randbytes(max(len(data), 64)))
+        elif how == "truncated":
+            path.write_bytes(data[: len(data) // 2])
+        elif how == "pages" and path.name == DB_NAME:
+            # the first page (header, schema) stays: the file opens, its tables do not read
+            path.write_bytes(data[:4096] + rng.randbytes(len(data) - 4096))
+    return (cache / DB_NAME).read_bytes()
 
 
-def test_corrupt_database_error_names_the_file(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / DB_NAME).write_bytes(random.Random(6).randbytes(8192))
-    with pytest.raises(Exception, match=re.escape(str(cache / DB_NAME))):
-        taskmap.create_graph({"a": int}, {"a": []}, cache=cache)
-
-
-def test_database_with_corrupt_pages_runs_every_task_with_cache_warnings(
-    calls: Calls, tmp_path: Path
+@pytest.mark.parametrize("how", ["overwritten", "truncated", "pages"])
+@pytest.mark.parametrize("runner", ALL_RUNNERS)
+def test_corrupt_database_file_is_moved_aside_and_the_run_goes_on(
+    runner: str, how: str, calls: Calls, tmp_path: Path
 ) -> None:
     script, cache = etl_script(tmp_path), tmp_path / "cache"
-    run_script(script, cache, "run", calls)
+    run_script(script, cache, runner, calls)
     db = sqlite3.connect(cache / DB_NAME)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
-    page = int(db.execute("PRAGMA page_size").fetchone()[0])
     db.close()
-    data = (cache / DB_NAME).read_bytes()
-    assert len(data) > page
-    # the first page (header, schema) stays: the database opens, its table does not read
-    (cache / DB_NAME).write_bytes(data[:page] + random.Random(6).randbytes(len(data) - page))
+    damaged = damage(cache, how)
     done = subprocess.run(
-        [sys.executable, str(script), str(cache), "run"],
+        [sys.executable, str(script), str(cache), runner],
         env=environment(calls),
         capture_output=True,
         text=True,
@@ -692,9 +672,30 @@ def test_database_with_corrupt_pages_runs_every_task_with_cache_warnings(
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"] == EXPECTED
-    assert counts(calls) == dict.fromkeys(TASKS, 2)
-    store = f"cache store DirectoryStore({str(cache)!r})"
-    assert f"CacheWarning: {store} could not be read (DatabaseError(" in done.stderr
-    assert f"CacheWarning: {store}: a batch of 8 entries was not written: DatabaseError(" in (
-        done.stderr
+    assert counts(calls) == dict.fromkeys(TASKS, 2)  # a fresh store: every task ran again
+    [aside] = cache.glob(f"{DB_NAME}.corrupt-*")
+    assert re.fullmatch(rf"{re.escape(DB_NAME)}\.corrupt-\d{{8}}-\d{{6}}", aside.name)
+    # nothing is deleted; the connection that found the damage may have bumped the
+    # header's change counter (bytes 24-27) as it closed
+    assert aside.read_bytes()[100:] == damaged[100:]
+    warning = (
+        f"CacheWarning: cache database {str(cache / DB_NAME)!r} cannot be used "
+        rf"\((file is not a database|database disk image is malformed)\): moved it aside to "
+        f"{str(aside)!r} and started a fresh one \\(its tasks run again\\)"
     )
+    assert len(re.findall(warning.replace("'", "'"), done.stderr)) == 1, done.stderr
+    # the fresh store keeps what the run stored
+    assert run_script(script, cache, runner, calls)["results"] == EXPECTED
+    assert counts(calls) == dict.fromkeys(TASKS, 2)
+    assert integrity(cache) == "ok"
+
+
+def test_a_database_that_cannot_be_created_still_names_the_file(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / DB_NAME).mkdir()  # not a file SQLite can open, nor one to move aside
+    with pytest.raises(
+        sqlite3.DatabaseError,
+        match=re.escape(f"cache database {str(cache / DB_NAME)!r} cannot be used ("),
+    ):
+        taskmap.create_graph({"a": int}, {"a": []}, cache=cache)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import gc
+import json
 import multiprocessing
 import operator
 import os
 import pickle
 import platform
+import random
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -26,7 +30,15 @@ from taskmap.checkpoint.encoders import (
     read_header,
     unpack_entry,
 )
-from taskmap.checkpoint.store import ChainStore, DirectoryStore, keys_under, open_store
+from taskmap.checkpoint.store import (
+    DB_NAME,
+    ChainStore,
+    DirectoryStore,
+    keys_under,
+    open_store,
+    parse_duration,
+    parse_size,
+)
 
 
 def test_directory_store_is_a_mutable_mapping(tmp_path: Path) -> None:
@@ -235,3 +247,262 @@ def test_a_directory_store_closes_its_connections_when_released_closed_or_collec
     gc.collect()
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         connections[0].execute("SELECT 1")
+
+
+# -- issue 14: size and use beside the entries, migration, healing --------------------------
+
+
+def entry(task: str, value: object = 0, t: float = 1000.0) -> bytes:
+    payload = PickleEncoder().encode(value)
+    return pack_entry(payload, "pickle", bytes(16), {"task": task, "t": t})
+
+
+def old_store(path: Path, items: dict[str, bytes]) -> None:
+    """A store as taskmap wrote it before issue 14: one table, user_version 0."""
+    path.mkdir()
+    db = sqlite3.connect(path / DB_NAME, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE entries (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+    db.executemany("INSERT INTO entries VALUES (?, ?)", items.items())
+    db.close()
+
+
+def test_a_store_made_before_use_was_recorded_is_migrated_in_place(tmp_path: Path) -> None:
+    items = {
+        "a-1/" + "0" * 32: entry("a", list(range(1000)), t=1000.0),
+        "a-1/last": b"a-1/00 code -",
+        "b-2/" + "1" * 32: entry("b", "x", t=2000.0),
+        "mine": b"not a taskmap entry",
+    }
+    old_store(tmp_path / "s", items)
+    store = DirectoryStore(tmp_path / "s")
+    assert dict(store.items()) == items  # every entry kept as it was
+    assert store.usage() == (4, sum(map(len, items.values())))
+    stats = {s.key: s for s in store.stat_under([""])}
+    assert {k: s.size for k, s in stats.items()} == {k: len(v) for k, v in items.items()}
+    assert stats["a-1/" + "0" * 32][1:] == (
+        len(items["a-1/" + "0" * 32]),
+        1000.0,
+        "a",
+        1000.0,
+        "pickle",
+    )
+    assert stats["b-2/" + "1" * 32].used == 2000.0  # last use unknown: when it was written
+    assert stats["mine"][3:] == (None, None, None)  # not a taskmap entry
+    store.close()
+    db = sqlite3.connect(tmp_path / "s" / DB_NAME)
+    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    db.close()
+    assert DirectoryStore(tmp_path / "s").usage() == (4, sum(map(len, items.values())))
+
+
+def test_a_store_an_older_taskmap_wrote_to_is_reindexed_when_opened(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({"t-1/a": entry("t", 1), "t-1/b": entry("t", 2), "t-1/d": entry("t", 4)})
+    store.commit(uses=["t-1/d"], when=5.0)
+    store.close()
+    for statements in (  # what an older taskmap does: the entries table only
+        ["INSERT OR REPLACE INTO entries VALUES ('t-1/a', ?)"],
+        ["INSERT INTO entries VALUES ('t-1/c', ?)"],
+        ["DELETE FROM entries WHERE key = 't-1/b'"],
+    ):
+        db = sqlite3.connect(tmp_path / "s" / DB_NAME, isolation_level=None)
+        for sql in statements:
+            db.execute(sql, (entry("t", "a longer value", t=7.0),) if "?" in sql else ())
+        db.close()
+        store = DirectoryStore(tmp_path / "s")
+        values = dict(store.items())
+        assert store.usage() == (len(values), sum(map(len, values.values())))
+        stats = {s.key: s for s in store.stat_under(["t-1/"])}
+        assert {k: s.size for k, s in stats.items()} == {k: len(v) for k, v in values.items()}
+        assert stats["t-1/d"].used == 5.0  # a known key keeps its last use
+        store.close()
+    assert stats["t-1/c"][2:] == (7.0, "t", 7.0, "pickle")  # a new one: when written
+
+
+def test_trim_drops_least_recently_used_entries_and_keeps_last_records(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    old, mid, new = entry("t", "a" * 100), entry("t", "b" * 100), entry("t", "c" * 100)
+    store.update({"t-1/old": old, "t-1/mid": mid, "t-1/new": new, "t-1/last": b"x" * 10})
+    store.commit(uses=["t-1/last"], when=0.0)  # the oldest of all, yet kept
+    store.commit(uses=["t-1/old"], when=1.0)
+    store.commit(uses=["t-1/new"], when=2.0)
+    store.commit(uses=["t-1/mid"], when=3.0)  # read most recently
+    assert store.trim(10**9) == []
+    dropped = store.trim(len(mid) + 10)
+    assert [s.key for s in dropped] == ["t-1/old", "t-1/new"]
+    assert sorted(store) == ["t-1/last", "t-1/mid"]
+    assert store.usage() == (2, len(mid) + 10)
+
+
+def test_keys_under_many_lists_only_those_prefixes(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({"a-1/x": b"", "a-1/last": b"", "a-10/x": b"", "b-2/y": b"", "c-3/z": b""})
+    assert sorted(store.keys_under_many(["a-1/", "c-3/"])) == ["a-1/last", "a-1/x", "c-3/z"]
+    assert store.keys_under_many([]) == []
+
+
+def damage_root_of(path: Path, table: str) -> None:
+    """Overwrite the root page of ``table``: the file opens, reading the table fails."""
+    db = sqlite3.connect(path / DB_NAME)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    (page,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with open(path / DB_NAME, "r+b") as file:
+        file.seek((root - 1) * page)
+        file.write(random.Random(6).randbytes(page))
+
+
+def test_a_store_damaged_while_open_heals_once_for_every_thread(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({f"t-1/{i}": entry("t", i) for i in range(50)})
+    assert store.get("t-1/3") is not None  # the main thread holds a connection
+    opened, damaged = threading.Event(), threading.Event()
+
+    def writer() -> None:  # the writer thread, with its own connection, meets the damage
+        store.get("t-1/4")
+        opened.set()
+        damaged.wait(10)
+        store.update({"t-1/new": b"fresh"})
+        store.release()
+
+    def damage_while_open() -> None:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        opened.wait(10)
+        damage_root_of(tmp_path / "s", "entries")
+        damaged.set()
+        thread.join(10)
+
+    database = str(tmp_path / "s" / DB_NAME)
+    with pytest.warns(
+        taskmap.CacheWarning,
+        match=re.escape(f"cache database {database!r} cannot be used (")
+        + r"database disk image is malformed\): moved it aside to "
+        + re.escape(f"'{database}.corrupt-")
+        + r"\d{8}-\d{6}' and started a fresh one \(its tasks run again\)$",
+    ) as caught:
+        damage_while_open()
+    assert len(caught) == 1
+    [aside] = (tmp_path / "s").glob(f"{DB_NAME}.corrupt-*[0-9]")
+    assert str(aside) in str(caught[0].message)
+    assert store.get("t-1/3") is None  # the main thread reconnects: to the fresh file
+    assert store.get("t-1/new") == b"fresh"
+    assert store.usage() == (1, 5)
+    assert len(list((tmp_path / "s").glob(f"{DB_NAME}.corrupt-*[0-9]"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0),
+        (123, 123),
+        ("500MB", 500 * 10**6),
+        ("20GB", 20 * 10**9),
+        ("1.5 GiB", 3 * 2**29),
+        ("64kb", 64_000),
+        ("100", 100),
+        ("7 B", 7),
+        ("2tb", 2 * 10**12),
+    ],
+)
+def test_sizes_in_bytes_or_with_a_unit(value: object, expected: int) -> None:
+    assert parse_size("cache_limit", value) == expected
+
+
+@pytest.mark.parametrize("value", ["20 parsecs", "GB", "-1GB", -5, 1.5, True, None, "nanGB", ""])
+def test_a_bad_size_is_a_value_error_naming_it(value: object) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^cache_limit must be a number of bytes or a size such as '500MB' or '20GB' "
+        + re.escape(f"(got {value!r})")
+        + "$",
+    ):
+        parse_size("cache_limit", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        (datetime.timedelta(days=2), 172800.0),
+        ("30d", 30 * 86400.0),
+        ("12h", 43200.0),
+        ("90min", 5400.0),
+        ("90m", 5400.0),
+        ("2w", 14 * 86400.0),
+        ("45 s", 45.0),
+    ],
+)
+def test_durations_in_seconds_a_timedelta_or_with_a_unit(value: object, expected: float) -> None:
+    assert parse_duration("older_than", value) == expected
+
+
+@pytest.mark.parametrize("value", ["soon", "3 fortnights", -1, "-2d", True, [], "inf d"])
+def test_a_bad_duration_is_a_value_error_naming_it(value: object) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"^older_than must be a number of seconds, a timedelta or a duration such as "
+        r"'30d' or '12h' " + re.escape(f"(got {value!r})") + "$",
+    ):
+        parse_duration("older_than", value)
+
+
+@pytest.mark.parametrize(
+    "task", ["load", 'quote " in it', "back\\slash", ',"t":1', "é", ("tuple", 1)]
+)
+def test_a_head_says_task_time_and_encoder_whatever_the_name(task: object) -> None:
+    from taskmap.checkpoint.encoders import entry_head, parse_head
+
+    label = task if isinstance(task, str) else repr(task)
+    fast = f'"code":"00","in":[],"task":{json.dumps(label)},"t":1234.5'  # as a run writes it
+    for meta in (fast, {"t": 1234.5, "task": label, "extra": [1, 2]}):
+        data = pack_entry(b"P", "json", b"", meta)
+        head = entry_head(data)
+        assert head is not None
+        assert parse_head(head) == (label, 1234.5, "json")
+
+
+def test_dropped_entries_give_their_pages_back_to_the_file_system(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({f"t-1/{i:05d}": entry("t", os.urandom(2000)) for i in range(1000)})
+    store.close()
+    full = (tmp_path / "s" / DB_NAME).stat().st_size
+    assert full > 2_000_000
+    assert store.delete([f"t-1/{i:05d}" for i in range(990)]) == 990
+    assert [s.key for s in store.trim(10_000)] == [f"t-1/{i:05d}" for i in range(990, 996)]
+    store.close()  # the last connection checkpoints the log into the file
+    assert (tmp_path / "s" / DB_NAME).stat().st_size < full / 20
+    assert store.usage() == (4, sum(len(v) for v in store.values()))
+    assert store.usage()[1] <= 10_000
+
+
+@pytest.mark.parametrize("others", [0, 100])  # a scan of most of the store, or a join
+def test_stat_under_gives_the_entries_under_those_prefixes_only(
+    tmp_path: Path, others: int
+) -> None:
+    store = DirectoryStore(tmp_path / "s")
+    store.update({f"other-{i:03d}/x": entry("other") for i in range(others)})
+    store.update({"a-1/x": entry("a"), "a-1/last": b"r", "a-10/x": entry("a10"), "b-2/y": b"?"})
+    found = sorted(store.stat_under(["a-1/", "b-2/"]))
+    assert [(s.key, s.task) for s in found] == [("a-1/last", None), ("a-1/x", "a"), ("b-2/y", None)]
+    assert len(store.stat_under([""])) == others + 4
+
+
+@pytest.mark.parametrize("size", [0, 10, 5000, 100_000])
+@pytest.mark.parametrize("secret", [b"s", bytes(range(64)), bytes(range(100))])
+def test_a_signature_is_the_hmac_sha256_of_key_and_entry(secret: bytes, size: int) -> None:
+    import hmac
+
+    from taskmap.checkpoint.encoders import sign_entry, verify_entry
+
+    data = os.urandom(size)
+    signed = sign_entry(secret, "t-1/é", data)
+    assert signed[5:37] == hmac.digest(secret, "t-1/é".encode() + b"\0" + data, "sha256")
+    assert signed[37:] == data
+    assert verify_entry(secret, "t-1/é", signed)
+    assert not verify_entry(secret, "t-1/e", signed)  # bound to its key
+    assert not verify_entry(secret + b"!", "t-1/é", signed)
+    assert not verify_entry(secret, "t-1/é", data)  # unsigned
