@@ -275,12 +275,10 @@ class Outcomes:
             timeline.start[tid], timeline.lane[tid], timeline.outcome[tid] = now, self.home, CACHED
         else:
             timeline.outcome[tid] = DONE
-            if self.cache is None:
-                pass
-            elif encoded is not None:  # digested and encoded by its worker
+            if self.cache is not None:
+                if encoded is None and type(value) is Shared:
+                    value = value.load()  # to encode it here: a mapping, no copy
                 self.cache.stored(tid, value, encoded)
-            else:  # a shared value is loaded here (no copy is made) and encoded
-                self.cache.stored(tid, value.load() if type(value) is Shared else value)
         newly = self.frontier.finish(tid)
         if self.on_finished is not None:
             self.on_finished(TaskFinished(name, cached))

@@ -771,8 +771,7 @@ class _Writer:
                     return
                 with self.lock:
                     batch, self.held = self.held, []
-                    if not self.closing.is_set():  # a lost wake-up hung close() (issue 14)
-                        self.wake.clear()
+                    self.wake.clear()
                 self._write(batch)
                 # close() may have set both events just before the clear above: its
                 # wake-up is gone, so look at closing before waiting again (a hang at
