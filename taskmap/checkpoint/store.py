@@ -341,8 +341,12 @@ class DirectoryStore(MutableMapping[str, bytes]):
                 _drop(db, deletes)
             if uses:  # a use within USE_RESOLUTION of the last one writes nothing
                 recent = used - USE_RESOLUTION
-                rows = [(used, k, recent) for k in uses]
-                sql = "UPDATE meta SET used = ?1 WHERE key = ?2 AND (used < ?3 OR used > ?1)"
+                # named parameters take a mapping (a sequence for "?1" is deprecated, 3.12+)
+                rows = [{"used": used, "key": k, "recent": recent} for k in uses]
+                sql = (
+                    "UPDATE meta SET used = :used WHERE key = :key"
+                    " AND (used < :recent OR used > :used)"
+                )
                 db.executemany(sql, rows)
 
         self._write(body)
@@ -408,19 +412,19 @@ class DirectoryStore(MutableMapping[str, bytes]):
             return None
         ranked = (
             "SELECT e.key, e.size, e.used, e.task, e.written, e.enc, row_number() OVER"
-            " (PARTITION BY p.value ORDER BY e.used DESC) AS rank FROM json_each(?1) AS p"
+            " (PARTITION BY p.value ORDER BY e.used DESC) AS rank FROM json_each(:prefixes) AS p"
             " JOIN meta AS e ON e.key >= p.value AND e.key < p.value || char(1114111)"
             " WHERE substr(e.key, -5) != '/last'"
         )
         select = (
             "INSERT INTO temp.doomed SELECT key, size, used, task, written, enc"
-            f" FROM ({ranked}) WHERE rank > ?2 OR used < ?3"
+            f" FROM ({ranked}) WHERE rank > :keep OR used < :cutoff"
         )
-        params = (
-            json.dumps(list(prefixes)),
-            2**62 if keep_last is None else keep_last,
-            -1.0 if cutoff is None else cutoff,
-        )
+        params = {
+            "prefixes": json.dumps(list(prefixes)),
+            "keep": 2**62 if keep_last is None else keep_last,
+            "cutoff": -1.0 if cutoff is None else cutoff,
+        }
 
         def body(db: sqlite3.Connection) -> list[Stat]:
             db.execute(
