@@ -466,8 +466,8 @@ def _call_with_policies(
             if delay is None:
                 outcomes.failed(tid, exc)
                 return False, None
-            if delay > 0:  # a backoff, not a poll: nothing else can run meanwhile
-                time.sleep(delay)
+            if delay > 0:
+                time.sleep(delay)  # not a poll: run's retry backoff; one task at a time
 
 
 def _check_drained(frontier: Frontier) -> None:
