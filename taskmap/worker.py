@@ -207,13 +207,22 @@ class Shared:
 
 
 def pickle_oob(value: object) -> tuple[bytes, list[memoryview]] | None:
-    """Pickle protocol 5 with the large buffers out of band; None if plain pickle
-    cannot (the caller's cloudpickle path takes it in band)."""
+    """Pickle protocol 5 with the large buffers out of band, as `dumps_for_worker`
+    does: what refers to the user's ``__main__`` (which workers do not import: its
+    classes' instances) goes by value, with cloudpickle.  None if neither can (the
+    caller's path then reports why)."""
     buffers: list[pickle.PickleBuffer] = []
     try:
         head = pickle.dumps(value, 5, buffer_callback=buffers.append)
+    except Exception:  # lambdas, local classes, classes shipped by value: below
+        head = b"__main__"
+    try:
+        if b"__main__" in head:
+            buffers, out = [], io.BytesIO()
+            _CodePickler(out, 5, buffer_callback=buffers.append).dump(value)
+            head = out.getvalue()
         return head, [buffer.raw() for buffer in buffers]
-    except Exception:  # unpicklable by plain pickle, or a non-contiguous buffer
+    except Exception:  # unpicklable, or a non-contiguous buffer
         return None
 
 

@@ -449,3 +449,46 @@ def test_the_pool_fails_what_waits_for_a_dead_worker_s_values_and_nothing_else()
     assert results == {}
     np.testing.assert_array_equal(after, array(3))  # the replacement runs what comes next
     assert workers_left() == set()
+
+
+MAIN_CLASSES = textwrap.dedent(
+    """
+    import taskmap
+    from dataclasses import dataclass
+
+    @dataclass
+    class Row:  # defined in __main__, which workers do not import
+        i: int
+        v: float
+
+    async def fetch():  # on the driver
+        return [Row(i, i / 2) for i in range(20_000)]
+
+    def make():  # in a worker
+        return [Row(i, i / 2) for i in range(20_000)]
+
+    def count(rows):
+        return sum(r.v for r in rows), type(rows[0]).__name__
+
+    if __name__ == "__main__":
+        funcs = {"fetch": fetch, "make": make, "from_io": count, "from_worker": count}
+        deps = {"fetch": [], "make": [], "from_io": ["fetch"], "from_worker": ["make"]}
+        graph = taskmap.create_graph(funcs, deps, io_bound=["fetch"])
+        graph = taskmap.run_parallel_async(graph, ncores=2)
+        print(graph.results["from_io"], graph.results["from_worker"])
+        print(type(graph.results["make"][0]).__module__, len(graph.results["make"]))
+    """
+)
+
+
+def test_large_values_of_classes_from_main_cross_by_value(tmp_path):
+    script = tmp_path / "main_classes.py"
+    script.write_text(MAIN_CLASSES)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "(99995000.0, 'Row') (99995000.0, 'Row')",
+        "__main__ 20000",
+    ]
