@@ -89,6 +89,7 @@ __all__ = [
     "SHARED_MIN",
     "TAKES",
     "Kept",
+    "Pickled",
     "RemoteTraceback",
     "Shared",
     "call_pickled",
@@ -224,6 +225,19 @@ def pickle_oob(value: object) -> tuple[bytes, list[memoryview]] | None:
         return head, [buffer.raw() for buffer in buffers]
     except Exception:  # unpicklable, or a non-contiguous buffer
         return None
+
+
+class Pickled:
+    """A value already pickled (by `pickle_oob`, to learn its size), riding in its
+    "run" message as bytes and unpickled with it: it is not pickled twice."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
 
 
 def oob_size(packed: tuple[bytes, list[memoryview]]) -> int:

@@ -80,6 +80,7 @@ from ..worker import (
     SHARED_MIN,
     TAKES,
     Kept,
+    Pickled,
     RemoteTraceback,
     Shared,
     dumps,
@@ -576,7 +577,12 @@ class ProcessPool:
                 if entry is None or entry[0] is not arg:
                     packed = pickle_oob(arg)
                     if packed is None or oob_size(packed) < SHARED_MIN:
-                        out.append(arg)
+                        # in the message: pickled once only, unless tiny (re-pickling
+                        # 200 bytes is cheaper than a wrapper) or with buffers
+                        if packed is None or packed[1] or len(packed[0]) < 1024:
+                            out.append(arg)
+                        else:
+                            out.append(Pickled(packed[0]))
                         continue
                     entry = self.exported[id(arg)] = (arg, to_segment(*packed))
                 arg = entry[1]

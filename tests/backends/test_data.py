@@ -464,6 +464,9 @@ MAIN_CLASSES = textwrap.dedent(
     async def fetch():  # on the driver
         return [Row(i, i / 2) for i in range(20_000)]
 
+    async def fetch_few():  # a few KB: in the message, pickled once
+        return [Row(i, i / 2) for i in range(200)]
+
     def make():  # in a worker
         return [Row(i, i / 2) for i in range(20_000)]
 
@@ -472,10 +475,12 @@ MAIN_CLASSES = textwrap.dedent(
 
     if __name__ == "__main__":
         funcs = {"fetch": fetch, "make": make, "from_io": count, "from_worker": count}
+        funcs |= {"fetch_few": fetch_few, "from_few": count}
         deps = {"fetch": [], "make": [], "from_io": ["fetch"], "from_worker": ["make"]}
-        graph = taskmap.create_graph(funcs, deps, io_bound=["fetch"])
+        deps |= {"fetch_few": [], "from_few": ["fetch_few"]}
+        graph = taskmap.create_graph(funcs, deps, io_bound=["fetch", "fetch_few"])
         graph = taskmap.run_parallel_async(graph, ncores=2)
-        print(graph.results["from_io"], graph.results["from_worker"])
+        print(graph.results["from_io"], graph.results["from_worker"], graph.results["from_few"])
         print(type(graph.results["make"][0]).__module__, len(graph.results["make"]))
     """
 )
@@ -489,6 +494,6 @@ def test_large_values_of_classes_from_main_cross_by_value(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        "(99995000.0, 'Row') (99995000.0, 'Row')",
+        "(99995000.0, 'Row') (99995000.0, 'Row') (9950.0, 'Row')",
         "__main__ 20000",
     ]
