@@ -37,7 +37,9 @@ Rules:
    pinned to the worker holding them, which hands them over in place; one held
    elsewhere is exported first (the job waits for it, off the backlog).  Pinned jobs
    wait for their worker without taking another's room: `capacity` counts each
-   worker's room less the jobs waiting for it.  If the worker dies, the jobs pinned
+   worker's room less the jobs waiting for it.  But a core does not idle while two
+   jobs wait for one worker: with no other job waiting, the last of them is sent to
+   the idle worker, its inputs exported (`_steal`).  If the worker dies, the jobs pinned
    to it fail with `WorkerCrashedError` naming the lost input.  `collect` brings the
    held values left in the results to the driver before the workers stop.
 
@@ -143,7 +145,9 @@ class _Job:
     sent: float = 0.0  # when it was written to its worker (perf_counter)
     flags: int = 0  # HOLD: its value stays in its worker (Rule 6)
     pinned: _Worker | None = None  # the worker holding its inputs (Rule 6)
-    holds: tuple[Held, ...] = ()  # its held inputs, until its message is made
+    holds: tuple[Held, ...] = ()  # its inputs held by its pinned worker
+    args: Sequence[Any] = ()  # a pinned job's arguments: to send it elsewhere instead
+    kwargs: dict[str, Any] | None = None
     export: bool = False  # not a task: the export of a held value (``tid`` is its task's)
 
 
@@ -442,17 +446,50 @@ class ProcessPool:
         job.flags = HOLD if hold else 0
         holds = [a for a in args if type(a) is Held]
         exports = self._place(job, holds) if holds else []
-        if exports:  # it waits for them, then is sent (`_gathered`)
-            self.gathering += 1
-            count = [len(exports)]
-            for export in exports:
-                export.add_done_callback(
-                    functools.partial(self._gathered, job, args, kwargs, exports, count)
-                )
+        if exports:
+            self._gather(job, args, kwargs, exports)
             return future
         self._message(job, args, kwargs)
+        if job.pinned is not None:
+            job.args, job.kwargs = args, kwargs
         self._enqueue(job)
+        self._steal()
         return future
+
+    def _gather(
+        self,
+        job: _Job,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        exports: list[asyncio.Future[Any]],
+    ) -> None:
+        """The job waits for its inputs to be exported, then is sent (`_gathered`)."""
+        self.gathering += 1
+        count = [len(exports)]
+        for export in exports:
+            export.add_done_callback(
+                functools.partial(self._gathered, job, args, kwargs, exports, count)
+            )
+
+    def _steal(self) -> None:
+        """Rule 6: a worker idles, no job waits for any worker, and one worker has two
+        or more jobs waiting for it: the last of them goes to whichever worker is
+        free, once its held inputs are exported (after the task their worker runs)."""
+        if self.gathering or not self.backlog or self.state is not PoolState.RUNNING:
+            return
+        busy = [w for w in self.workers if not w.dead and w.waiting >= 2]
+        if not busy or not any(not (w.dead or w.jobs or w.waiting) for w in self.workers):
+            return
+        if any(job.pinned is None for job in self.backlog):
+            return  # the idle worker gets that one
+        victim = busy[0]
+        job = next(j for j in reversed(self.backlog) if j.pinned is victim)
+        self.backlog.remove(job)
+        victim.waiting -= 1
+        job.pinned, job.holds = None, ()
+        args, kwargs, job.args, job.kwargs = job.args, job.kwargs, (), None
+        exports = [self._export(a) for a in args if type(a) is Held]
+        self._gather(job, args, kwargs, exports)
 
     def _message(self, job: _Job, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
         """Pickle the job's "run" message (Rule 1: before it takes a worker)."""
@@ -527,6 +564,8 @@ class ProcessPool:
         except Exception as exc:
             job.future.set_exception(exc)
             return
+        if job.pinned is not None:
+            job.args, job.kwargs = args, kwargs
         self._enqueue(job)
 
     def _export(self, held: Held) -> asyncio.Future[Any]:
@@ -644,6 +683,7 @@ class ProcessPool:
                 job.pinned.waiting -= 1
         waiting.extend(backlog)
         self.backlog = waiting
+        self._steal()
 
     def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
         entry = self.functions.get(id(func))

@@ -497,3 +497,48 @@ def test_large_values_of_classes_from_main_cross_by_value(tmp_path):
         "(99995000.0, 'Row') (99995000.0, 'Row') (9950.0, 'Row')",
         "__main__ 20000",
     ]
+
+
+def pid_of(x: np.ndarray) -> tuple[int, float]:
+    return os.getpid(), float(x[0])
+
+
+def sleep_then(seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_core_does_not_idle_while_jobs_wait_for_the_worker_holding_their_inputs():
+    """Three values kept by one worker, busy with a long task, and their three
+    consumers waiting for it: the other worker takes one of them, exported to it."""
+    import asyncio
+
+    from taskmap.backends.processes import Held, ProcessPool
+
+    async def scenario() -> tuple[list[Held], int, list[tuple[int, float]]]:
+        pool = ProcessPool(2)
+        pool.start(8)
+        try:
+            # both workers up: otherwise everything waits for the first one
+            await asyncio.gather(*(pool.submit(i, f"warm{i}", sleep_then, (0.2,)) for i in (0, 1)))
+            held = [
+                await pool.submit(2 + i, f"make{i}", functools.partial(array, i), (), hold=True)
+                for i in range(3)
+            ]
+            assert len({h.worker.pid for h in held}) == 1  # the least busy: the first
+            long = pool.submit(5, "long", sleep_then, (0.5,))
+            takers = [pool.submit(6 + i, f"take{i}", pid_of, (h,)) for i, h in enumerate(held)]
+            return held, await long, list(await asyncio.gather(*takers))
+        finally:
+            await pool.aclose(cancel=False)
+
+    held, long_pid, taken = asyncio.run(scenario())
+    owner = held[0].worker.pid
+    assert long_pid == owner  # the long task runs where the values are
+    assert [value for _, value in taken] == [0.0, 1.0, 2.0]
+    places = [pid for pid, _ in taken]
+    assert places.count(owner) == 2  # two consumers took theirs in place...
+    assert len(set(places)) == 2  # ...and one went to the idle worker, exported there
+    assert workers_left() == set()
