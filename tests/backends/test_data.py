@@ -340,8 +340,7 @@ def test_under_drop_results_a_chain_hands_its_value_over_in_place(runner, drop, 
         assert takers == makers
         assert mapped == {"False"}
     else:  # kept in graph.results: each value went to a segment, mapped by its taker
-        assert not takers & makers
-        assert mapped == {"True"}
+        assert mapped == {"True"}  # (an id may recur: the maker's array is freed)
     assert segments_held()[0] == 0  # results are mapped, their fds closed
     assert workers_left() == set()
 
