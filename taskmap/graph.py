@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from .checkpoint import (
     CacheEntry,
@@ -32,12 +32,14 @@ from .checkpoint import (
 )
 from .errors import (
     CycleError,
+    ExpandError,
     MissingDependencyError,
     MissingFunctionError,
     NoStoredResultError,
     NotCallableError,
     UnknownTaskError,
     UpstreamFailedError,
+    _did_you_mean,
     with_article,
 )
 from .policies import Policies, Retry, make_policies
@@ -63,6 +65,7 @@ __all__ = [
 ]
 
 Task = Hashable
+GatherFailures = Literal["raise", "skip"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,8 @@ class Plan:
 
     ``names[tid]`` is a task's name, ``index[name]`` its id; ``parents[tid]`` are
     the ids of its dependencies in argument order (repeats kept), ``children[tid]``
-    the ids of the tasks that depend on it (once per dependency edge).
+    the ids of the tasks that depend on it (once per dependency edge);
+    ``expand[tid]`` the id of the dependency an expanded task is expanded over.
     """
 
     names: tuple[Task, ...]
@@ -79,6 +83,7 @@ class Plan:
     parents: tuple[tuple[int, ...], ...]
     children: tuple[tuple[int, ...], ...]
     order: list[int]  # a topological order: parents before children
+    expand: dict[int, int] = field(default_factory=dict)
 
     def heights(self) -> list[int]:
         """Per task, the number of tasks on the longest path from it to a sink (itself
@@ -147,6 +152,8 @@ class Graph:
         checkpoint: the graph's cache (`create_graph`'s ``cache=``), or None.
         policies: the tasks' retries, timeouts, channels and priorities.
         stats: what the last run did (a `RunStats`; empty before the first run).
+        expand: expanded task -> the dependency it is expanded over (read-only).
+        gather_failures: ``'raise'`` or ``'skip'``, as given to `create_graph`.
     """
 
     funcs: dict[Task, Callable[..., Any]]
@@ -160,6 +167,8 @@ class Graph:
     checkpoint: Checkpoint | None = field(default=None, repr=False)
     policies: Policies = field(default_factory=Policies, repr=False)
     stats: RunStats = field(default_factory=RunStats, repr=False)
+    expand: Mapping[Task, Task] = field(default_factory=lambda: MappingProxyType({}))
+    gather_failures: GatherFailures = "raise"
 
     @property
     def failed(self) -> list[Task]:
@@ -184,6 +193,8 @@ class Graph:
             self.logging_config,
             self.checkpoint,
             self.policies,
+            dict(self.expand),
+            self.gather_failures,
         )
         return (_restore, state)
 
@@ -241,6 +252,8 @@ def create_graph(
     timeouts: Mapping[Any, float] | None = None,
     channels: Mapping[Any, str | Iterable[str]] | None = None,
     priorities: Mapping[Any, float] | None = None,
+    expand: Mapping[Any, Any] | None = None,
+    gather_failures: GatherFailures = "raise",
 ) -> Graph:
     """Validate a dependency graph and return it ready to run.
 
@@ -293,6 +306,19 @@ def create_graph(
             caps how many tasks of a channel run at once (``{'db': 2}``).
         priorities: task -> a number; among ready tasks the highest starts first
             (io-bound tasks still start before the others).
+        expand: task -> one of its dependencies: the task runs once per item of
+            that dependency's result (any iterable), the item in the dependency's
+            place among its arguments.  An *instance* is named ``(task, i)``; it
+            is a task to every runner, the cache (keyed by its own item), the
+            policies and the observers.  A task expanded over an expanded task
+            pairs item i with item i, and instance i starts as soon as its own
+            input is ready.  Any other task depending on an expanded task gets the
+            list of its results, in item order, once every instance is done
+            (``graph.results[task]`` is that list).
+        gather_failures: when instances failed, ``'raise'`` (default) fails the
+            expanded task's list, and so every task gathering it, with an
+            `UpstreamFailedError` naming them; ``'skip'`` gathers the results of
+            the others (``graph.failed`` still lists the failed instances).
 
     Returns:
         The `Graph`.
@@ -303,7 +329,9 @@ def create_graph(
         MissingFunctionError: a task has no function in ``funcs``.
         NotCallableError: a task's function is not callable.
         UnknownTaskError: ``io_bound``, ``done``, ``results``, ``uncached``,
-            ``versions``, ``encoders`` or a policy names a non-task.
+            ``versions``, ``encoders``, ``expand`` or a policy names a non-task.
+        ExpandError: a task is expanded over something it does not depend on,
+            over more than one dependency, or along a cycle.
         TypeError: an argument has the wrong type.
         ValueError: a value is out of range (``cache_limit='20 parsecs'``...).
 
@@ -317,10 +345,13 @@ def create_graph(
     deps = _freeze_dependencies(dependencies)
     _check_functions(funcs, deps)
     plan = _compile(deps)
+    expanded = _check_expand(expand, deps, plan)
+    if gather_failures not in ("raise", "skip"):
+        raise ValueError(f"gather_failures must be 'raise' or 'skip' (got {gather_failures!r})")
     io = _names_of("io_bound", io_bound, plan)
-    done_names = _names_of("done", done, plan)
+    done_names = _names_of("done", done, plan, expanded)
     results = dict(results or {})
-    plan.ids("results", results)
+    plan.ids("results", static_names(results, expanded))
     config = dict(logging_config or {})
     unknown = set(config) - {"level", "write", "path"}
     if unknown:
@@ -364,6 +395,8 @@ def create_graph(
         plan=plan,
         checkpoint=checkpoint,
         policies=policies,
+        expand=MappingProxyType(expanded),
+        gather_failures=gather_failures,
     )
     return graph
 
@@ -386,8 +419,20 @@ def _restore(
     logging_config: dict[str, Any],
     checkpoint: Checkpoint | None = None,
     policies: Policies | None = None,
+    expand: dict[Task, Task] | None = None,
+    gather_failures: GatherFailures = "raise",
 ) -> Graph:
-    graph = create_graph(funcs, dependencies, io_bound, (), results, name, logging_config)
+    graph = create_graph(
+        funcs,
+        dependencies,
+        io_bound,
+        (),
+        results,
+        name,
+        logging_config,
+        expand=expand,
+        gather_failures=gather_failures,
+    )
     graph.checkpoint = checkpoint
     graph.policies = policies or Policies()
     graph.done[:] = done  # done may name tasks whose result was dropped: keep it as it was
@@ -497,14 +542,89 @@ def _topological_order(
     raise CycleError([names[t] for t in path])
 
 
-def _names_of(where: str, names: Iterable[Task] | None, plan: Plan) -> list[Task]:
+def _names_of(
+    where: str, names: Iterable[Task] | None, plan: Plan, expand: Mapping[Task, Task] | None = None
+) -> list[Task]:
+    """Check a list of task names; with ``expand``, instance names ``(task, i)`` pass too."""
     if names is None:
         return []
     if isinstance(names, str | bytes) or not isinstance(names, Iterable):
         raise TypeError(f"{where} must be an iterable of task names (got {_describe(names)})")
     names = list(names)
-    plan.ids(where, names)
+    plan.ids(where, static_names(names, expand) if expand else names)
     return names
+
+
+# -- expansion ----------------------------------------------------------------
+
+
+def instance_task(name: object, expand: Mapping[Task, Task]) -> Task | None:
+    """The expanded task of an instance name ``(task, i)``, or None: not an instance."""
+    if type(name) is tuple and len(name) == 2 and type(name[1]) is int:
+        try:
+            return name[0] if name[0] in expand else None
+        except TypeError:  # unhashable
+            return None
+    return None
+
+
+def static_names(names: Iterable[Task], expand: Mapping[Task, Task] | None) -> list[Task]:
+    """``names`` without the instance names (all of them when nothing is expanded)."""
+    if not expand:
+        return list(names)
+    return [n for n in names if instance_task(n, expand) is None]
+
+
+def _check_expand(
+    expand: Mapping[Task, Any] | None, deps: dict[Task, tuple[Task, ...]], plan: Plan
+) -> dict[Task, Task]:
+    """Validate ``expand=`` and record it in the plan (by id). O(expanded tasks)."""
+    if expand is None:
+        return {}
+    _expect_mapping("expand", expand)
+    plan.ids("expand", expand)
+    for task, over in expand.items():
+        if not _is_task(plan.index, over):
+            many = isinstance(over, list | tuple | set | frozenset)
+            if many and len(over) != 1:
+                raise ExpandError(
+                    task,
+                    f"task {task!r} is expanded over {len(over)} dependencies ({list(over)!r});"
+                    " a task is expanded over one dependency",
+                )
+            if not many or not _is_task(plan.index, next(iter(over))):
+                hint = _did_you_mean(over, plan.index) if not many else ""
+                raise ExpandError(
+                    task, f"task {task!r} is expanded over {over!r}, which is not a task{hint}"
+                )
+    expanded: dict[Task, Task] = {
+        t: o if _is_task(plan.index, o) else next(iter(o)) for t, o in expand.items()
+    }
+    for task in expanded:  # a cycle along the chain (a -> b -> a) before anything else
+        seen = [task]
+        while (over := expanded.get(seen[-1])) is not None:
+            if over in seen:
+                path = " -> ".join(repr(t) for t in [*seen[seen.index(over) :], over])
+                raise ExpandError(
+                    task, f"expand cycle: {path} (each task is expanded over the next)"
+                )
+            seen.append(over)
+    for task, over in expanded.items():
+        if over not in deps[task]:
+            raise ExpandError(
+                task,
+                f"task {task!r} is expanded over {over!r}, which is not one of its "
+                f"dependencies {list(deps[task])!r} (add it to its dependencies)",
+            )
+    for name in deps:  # an instance name must not be a task's too
+        if instance_task(name, expanded) is not None:
+            raise ExpandError(
+                name[0],  # type: ignore[index]
+                f"task {name!r} has the name of an instance of the expanded task "
+                f"{name[0]!r}; rename it",  # type: ignore[index]
+            )
+    plan.expand.update({plan.index[t]: plan.index[o] for t, o in expanded.items()})
+    return expanded
 
 
 def _one_or_many(graph: Graph, where: str, tasks: Task | Iterable[Task]) -> list[int]:
@@ -566,6 +686,8 @@ def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
     their code and inputs did not change (the source they read did).
     """
     plan = graph.plan
+    if graph.expand:
+        return _reset_expanded(graph, tasks)
     ids = _one_or_many(graph, "tasks", tasks)
     reset = {plan.names[t] for t in plan.descendants(ids)}
     graph.done[:] = [t for t in graph.done if t not in reset]
@@ -574,6 +696,60 @@ def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
     if graph.checkpoint is not None:
         graph.checkpoint.forget(reset)
     logging.getLogger(f"{graph.name}-manager").debug("reset %d tasks", len(reset))
+    return graph
+
+
+def _reset_expanded(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
+    """`reset_tasks` on a graph with expanded tasks: ``tasks`` may name instances.
+
+    A task resets itself, its descendants and all their instances; an instance
+    ``(task, i)`` resets itself, the instances ``(child, i)`` paired with it along
+    its expand chain, and the gathered results downstream of them (the other
+    instances stay done).  O(done + V + E) per distinct expanded task.
+    """
+    plan, expand = graph.plan, graph.expand
+    if instance_task(tasks, expand) is not None or _is_task(plan.index, tasks):
+        given: list[Task] = [tasks]  # type: ignore[list-item]
+    elif isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
+        raise UnknownTaskError("tasks", [tasks], plan.index)
+    else:
+        given = list(tasks)
+    ids = plan.ids("tasks", static_names(given, expand))
+    whole = {plan.names[t] for t in plan.descendants(ids)}
+    items: dict[Task, set[int]] = {}
+    for name in given:
+        if (task := instance_task(name, expand)) is not None and task not in whole:
+            items.setdefault(task, set()).add(name[1])  # type: ignore[index]
+    partial: set[Task] = set()  # gathered results and tasks below them, not instances
+    paired: set[Task] = set()
+    for task, indices in items.items():
+        for tid in plan.descendants([plan.index[task]]):
+            name = plan.names[tid]
+            partial.add(name)
+            if name not in expand:
+                continue
+            link = name
+            while link != task and link in expand:
+                link = expand[link]
+            if link == task:  # paired with the failed instance along the chain
+                paired.update((name, i) for i in indices)
+            else:  # expanded over something that reruns: every instance does
+                whole.add(name)
+    partial -= whole
+
+    def dropped(name: Task) -> bool:
+        if name in whole or name in partial or name in paired:
+            return True
+        task = instance_task(name, expand)
+        return task is not None and task in whole
+
+    graph.done[:] = [t for t in graph.done if not dropped(t)]
+    for name in [n for n in graph.results if dropped(n)]:
+        del graph.results[name]
+    if graph.checkpoint is not None:  # an expanded task's entries are its instances'
+        graph.checkpoint.forget(whole | {t for t in partial if t not in expand})
+    count = len(whole) + len(partial) + len(paired)
+    logging.getLogger(f"{graph.name}-manager").debug("reset %d tasks", count)
     return graph
 
 
@@ -588,7 +764,7 @@ def reset_failed_tasks(graph: Graph) -> Graph:
 
 def _done_ids(graph: Graph) -> set[int]:
     index = graph.plan.index
-    return {index[t] for t in graph.done}
+    return {index[t] for t in static_names(graph.done, graph.expand)}
 
 
 def explain(graph: Graph) -> dict[Task, Explanation]:
@@ -694,6 +870,11 @@ class _DryRun:
             self.failed[tid] = blocked
             detail = f"{blocked!r} failed; reset_failed_tasks(graph) reruns it"
             return self._found(Explanation(name, False, Reason.UPSTREAM_FAILED, detail))
+        if tid in plan.expand:  # its instances exist once its input does
+            self.runs[tid] = True
+            over = plan.names[plan.expand[tid]]
+            detail = f"expanded over {over!r}: each instance is looked up by its own item"
+            return self._found(Explanation(name, True, Reason.UPSTREAM, detail))
         if upstream:
             self.runs[tid] = True
             detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"

@@ -424,6 +424,18 @@ class CacheRun:
         self.writer = _Writer(self.store, checkpoint.write)
         #: id(encoder) -> the `encode_result` partial shipped to workers (once each)
         self.shipped: dict[int, Callable[[Any], Encoded]] = {}
+        #: per task id, the task whose code, settings and key prefix it uses: an
+        #: instance of an expanded task uses its task's (``names`` when none)
+        self.tasks: Sequence[Task] = names
+        #: instance id -> (the dependency it is expanded over, its own item): the
+        #: item's digest takes that dependency's place in the instance's key
+        self.items: Mapping[int, tuple[int, Any]] = {}
+
+    def grow(self, tasks: int) -> None:
+        """Make room for ``tasks`` more task ids (instances; ``names`` grew)."""
+        self.digests.extend([_UNKNOWN] * tasks)
+        self.keys.extend([None] * tasks)
+        self.inputs.extend([None] * tasks)
 
     # -- looking up ----------------------------------------------------------
 
@@ -505,14 +517,24 @@ class CacheRun:
     def _key(self, tid: int) -> str:
         """The task's store key, or '' (and the reason recorded) when it has none."""
         name = self.names[tid]
+        task = self.tasks[tid]
         checkpoint = self.checkpoint
         self.keys[tid] = ""
-        if name in checkpoint.uncached:
+        if task in checkpoint.uncached:
             self.why[name] = Explanation(name, True, Reason.NOT_CACHED, "opted out")
             return ""
         inputs = []
         names, digests, get = self.names, self.digests, self.results.get
+        item = self.items.get(tid) if self.items else None
         for p in self.parents[tid]:
+            if item is not None and p == item[0]:  # an instance's own item
+                d = _digest_or_empty(item[1])
+                if not d:
+                    detail = f"its item ({type(item[1]).__name__}) has no digest"
+                    self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
+                    return ""
+                inputs.append(d)
+                continue
             value = get(names[p])
             if value is None:
                 continue  # not passed, so not an input
@@ -524,16 +546,16 @@ class CacheRun:
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
                 return ""
             inputs.append(d)
-        code = checkpoint.versions.get(name)
+        code = checkpoint.versions.get(task)
         if code is None:
             try:
-                code = self.fingerprint(self.funcs[name])
+                code = self.fingerprint(self.funcs[task])
             except Exception as exc:  # a bug of ours must not fail the run
                 self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
                 return ""
-        token = checkpoint.token(name)
-        key = f"{token}/{task_key(_name_digest(name), code, inputs)}"
+        token = checkpoint.token(task)
+        key = f"{token}/{task_key(_name_digest(task), code, inputs)}"
         self.keys[tid] = key
         self.inputs[tid] = (code, inputs)
         return key
@@ -549,14 +571,18 @@ class CacheRun:
 
     def _absent(self, tid: int, key: str) -> bool:
         """Whether the first miss's listing says ``key`` is not stored."""
-        present = self.present
-        return present is not None and tid < self.listed and key not in present
+        present = self.present  # an instance's keys are under its task's prefix
+        return (
+            present is not None
+            and (tid < self.listed or self.tasks is not self.names)
+            and key not in present
+        )
 
     def _list_keys(self) -> None:
         """Remember the keys of this run's tasks (rule 6): later misses cost a set
         lookup, not a read.  One query on the default store; never a listing of it."""
-        names = self.names
-        self.listed = len(names)
+        names = self.names if self.tasks is self.names else list(dict.fromkeys(self.tasks))
+        self.listed = len(self.names)
         token = self.checkpoint.token
         try:
             self.present = keys_under_many(self.store, [f"{token(n)}/" for n in names])
@@ -582,11 +608,10 @@ class CacheRun:
         return (None if out == _NONE_DIGEST else NOT_LOADED), out
 
     def _reason(self, tid: int) -> tuple[Reason, str]:
-        name = self.names[tid]
         last = self._last(tid)
         if last is not None and last.get("failed"):
             return Reason.FAILED_BEFORE, str(last["failed"])
-        if name in self.checkpoint.reset:
+        if self.tasks[tid] in self.checkpoint.reset:
             return Reason.RESET, ""
         if last is None:
             return Reason.NO_ENTRY, ""
@@ -614,7 +639,7 @@ class CacheRun:
         return "from " + ", ".join(map(repr, changed))
 
     def _last(self, tid: int) -> dict[str, Any] | None:
-        key = f"{self.checkpoint.token(self.names[tid])}/last"
+        key = f"{self.checkpoint.token(self.tasks[tid])}/last"
         if self._absent(tid, key):
             return None
         try:
@@ -630,7 +655,7 @@ class CacheRun:
         process: in parallel, off the driver), or None when nothing will be stored."""
         if not self.keys[tid]:
             return None
-        encoder = self.checkpoint.encoders.get(self.names[tid], _DEFAULT_ENCODER)
+        encoder = self.checkpoint.encoders.get(self.tasks[tid], _DEFAULT_ENCODER)
         shipped = self.shipped.get(id(encoder))
         if shipped is None:
             shipped = self.shipped[id(encoder)] = functools.partial(encode_result, encoder)
@@ -646,7 +671,7 @@ class CacheRun:
         if not key:
             return
         name = self.names[tid]
-        encoder = self.checkpoint.encoders.get(name, _DEFAULT_ENCODER)
+        encoder = self.checkpoint.encoders.get(self.tasks[tid], _DEFAULT_ENCODER)
         out, payload, why = encode_result(encoder, value) if encoded is None else encoded
         self.digests[tid] = out
         if payload is None:
@@ -655,8 +680,9 @@ class CacheRun:
         code, inputs = self.inputs[tid]  # type: ignore[misc]
         code_hex, digests = code.hex(), [d.hex() for d in inputs]
         listed = ",".join([f'"{d}"' for d in digests])  # hex: nothing to escape
+        task = _label_json(self.tasks[tid])
         meta = (  # the header's JSON members, built directly: this is the hot path
-            f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{time.time()!r}'
+            f'"code":"{code_hex}","in":[{listed}],"task":{task},"t":{time.time()!r}'
         )
         data = pack_entry(payload, encoder.name, out, meta)
         if self.signer is not None:
@@ -698,7 +724,7 @@ class CacheRun:
 
     def _trim(self, limit: int) -> None:
         try:
-            self.checkpoint.trim(limit, self.names)
+            self.checkpoint.trim(limit, list(dict.fromkeys(self.tasks)))
         except Exception as exc:  # a cache never fails a run
             self.writer.errors.append(
                 f"cache store {_describe(self.store)} could not be trimmed to "
