@@ -23,6 +23,7 @@ if _typing.TYPE_CHECKING:
     from .draw import to_svg as to_svg
     from .errors import CacheWarning as CacheWarning
     from .errors import CycleError as CycleError
+    from .errors import ExpandError as ExpandError
     from .errors import GraphError as GraphError
     from .errors import GraphvizError as GraphvizError
     from .errors import MissingDependencyError as MissingDependencyError
@@ -88,6 +89,7 @@ __all__ = [
     "DirectoryStore",
     "Encoder",
     "Encrypted",
+    "ExpandError",
     "Explanation",
     "Graph",
     "GraphError",
@@ -176,6 +178,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".errors": (
         "CacheWarning",
         "CycleError",
+        "ExpandError",
         "GraphError",
         "GraphvizError",
         "MissingDependencyError",

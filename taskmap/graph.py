@@ -757,9 +757,20 @@ def reset_failed_tasks(graph: Graph) -> Graph:
     """Make every failed task and all its descendants not done, dropping their results.
 
     A task failed when its result is an `Exception`.  The next run reruns exactly
-    those tasks.
+    those tasks.  A failed instance of an expanded task resets its paired instances
+    and what gathers them, not its task's other instances.
     """
-    return reset_tasks(graph, graph.failed)
+    failed = graph.failed
+    if graph.expand:  # reset from the root causes: a gather's are its failed instances
+        causes = set(failed)
+        results = graph.results
+        failed = [
+            t
+            for t in failed
+            if not isinstance(error := results[t], UpstreamFailedError)
+            or not causes.issuperset(error.failures)
+        ]
+    return reset_tasks(graph, failed)
 
 
 def _done_ids(graph: Graph) -> set[int]:
