@@ -41,6 +41,7 @@ if _typing.TYPE_CHECKING:
     from .errors import WorkerCrashedError as WorkerCrashedError
     from .events import RunFinished as RunFinished
     from .events import RunStarted as RunStarted
+    from .events import TaskExpanded as TaskExpanded
     from .events import TaskFailed as TaskFailed
     from .events import TaskFinished as TaskFinished
     from .events import TaskQueued as TaskQueued
@@ -109,6 +110,7 @@ __all__ = [
     "SerializationError",
     "StallWarning",
     "TaskError",
+    "TaskExpanded",
     "TaskFailed",
     "TaskFinished",
     "TaskOutcome",
@@ -198,6 +200,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".events": (
         "RunFinished",
         "RunStarted",
+        "TaskExpanded",
         "TaskFailed",
         "TaskFinished",
         "TaskQueued",

@@ -77,6 +77,7 @@ from .events import (
     Observer,
     RunFinished,
     RunStarted,
+    TaskExpanded,
     TaskFailed,
     TaskFinished,
     TaskQueued,
@@ -126,6 +127,7 @@ class Outcomes:
         "home",
         "items",
         "names",
+        "on_expanded",
         "on_failed",
         "on_finished",
         "on_grow",
@@ -185,6 +187,7 @@ class Outcomes:
         # one emitter per event class, None when no observer wants it
         self.on_run = fan_out(observers, RunStarted)
         self.on_run_end = fan_out(observers, RunFinished)
+        self.on_expanded = fan_out(observers, TaskExpanded)
         self.on_queued = fan_out(observers, TaskQueued)
         self.on_started = fan_out(observers, TaskStarted)
         self.on_finished = fan_out(observers, TaskFinished)
@@ -298,6 +301,9 @@ class Outcomes:
             self.cache.grow(count)
         for extend in self.on_grow:
             extend(count)
+        if self.on_expanded is not None:
+            for task in members:
+                self.on_expanded(TaskExpanded(names[task], len(frontier.instances[task])))
         carried, frontier.carried = frontier.carried, []
         for failed, skipped in carried:
             self._skip_carried(failed, skipped)
