@@ -568,6 +568,19 @@ def instance_task(name: object, expand: Mapping[Task, Task]) -> Task | None:
     return None
 
 
+def instance_items(graph: Graph) -> dict[Task, list[int]]:
+    """Expanded task -> the items of its instances in ``graph.done`` or the last run's
+    stats, in order (the observers' view of a graph that grew).  O(done)."""
+    if not graph.expand:
+        return {}
+    found: dict[Task, set[int]] = {}
+    for name in [*graph.stats.tasks, *graph.done]:
+        task = instance_task(name, graph.expand)
+        if task is not None:
+            found.setdefault(task, set()).add(name[1])  # type: ignore[index]
+    return {task: sorted(items) for task, items in found.items()}
+
+
 def static_names(names: Iterable[Task], expand: Mapping[Task, Task] | None) -> list[Task]:
     """``names`` without the instance names (all of them when nothing is expanded)."""
     if not expand:
