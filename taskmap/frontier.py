@@ -283,9 +283,12 @@ class Frontier:
             pairs = self.instances.get(over) if over != source else None
             live = state[task] == _WAITING
             before = (done or {}).get(task, {})
-            io, priority, channels = self._template[task]
-            extra: dict[int, list[int]] = {}  # task dependencies -> instances waiting for them
             static = parents[task]
+            if live and not before:  # the common case, in bulk
+                self._grow_fresh(task, ids, static, over, pairs)
+                self._inherit(task, count)
+                continue
+            extra: dict[int, list[int]] = {}  # task dependencies -> instances waiting for them
             for i, tid in enumerate(ids):
                 ps = tuple([pairs[i] if p == over else p for p in static]) if pairs else static
                 parents.append(ps)
@@ -306,11 +309,7 @@ class Frontier:
                 state.append(_WAITING if live and i not in before else _OUT)
                 if before.get(i):
                     carried.append(tid)
-            self._io.extend(bytes([io]) * count)
-            if self._priority is not None:
-                self._priority.extend([priority] * count)  # type: ignore[attr-defined]
-            if self._channels is not None:
-                self._channels.extend([channels] * count)  # type: ignore[attr-defined]
+            self._inherit(task, count)
             for p, kids in extra.items():
                 children[p] = (*children[p], *kids)
             if live:
@@ -326,6 +325,51 @@ class Frontier:
                 self._make_ready(task)
                 newly.append(task)
         return newly
+
+    def _grow_fresh(
+        self, task: int, ids: range, static: Sequence[int], over: int, pairs: range | None
+    ) -> None:
+        """Append the instances ``ids`` of a task in this run, none done before: the
+        per-id lists in bulk (`grow` for the general case)."""
+        state, waiting, parents, children = self.state, self.waiting, self.parents, self._children
+        assert self.origin is not None
+        assert isinstance(parents, list)
+        assert isinstance(children, list)
+        count = len(ids)
+        # the task's dependencies not finished (its source too, when it is the root),
+        # once per edge: every instance waits for them
+        waits = [
+            p for p in static if state[p] not in (_DONE, _OUT) and (pairs is None or p != over)
+        ]
+        if pairs is None:
+            parents.extend([static] * count)
+            waiting.extend([len(waits)] * count)
+        else:
+            edges = static.count(over)
+            if static == (over,):
+                parents.extend([(p,) for p in pairs])
+            else:
+                parents.extend([tuple([q if p == over else p for p in static]) for q in pairs])
+            waiting.extend([len(waits) + edges * (state[q] != _OUT) for q in pairs])
+            for q, tid in zip(pairs, ids, strict=True):
+                for _ in range(edges):
+                    children[q].append(tid)  # type: ignore[attr-defined]
+        for p in waits:
+            children[p] = (*children[p], *ids)
+        self.origin.extend([task] * count)
+        children.extend([[task] for _ in ids])
+        waiting[task] += count
+        state.extend(bytes([_WAITING]) * count)
+        self.unfinished += count
+
+    def _inherit(self, task: int, count: int) -> None:
+        """Give ``count`` new instances their task's io flag, priority and channels."""
+        io, priority, channels = self._template[task]
+        self._io.extend(bytes([io]) * count)
+        if self._priority is not None:
+            self._priority.extend([priority] * count)  # type: ignore[attr-defined]
+        if self._channels is not None:
+            self._channels.extend([channels] * count)  # type: ignore[attr-defined]
 
     def pop_ready(self) -> int:
         """Hand out the next READY task (io-bound first) and mark it RUNNING; -1 if none."""
