@@ -774,8 +774,8 @@ class AsyncDriver:
     def _backend_tasks(self) -> int:
         """How many tasks of this run go to the backend (they are all in the frontier,
         but for the instances of expanded tasks: then as many as may come)."""
-        state, frontier = self.frontier.state, self.frontier
-        if self.outcomes.gathers:
+        state, frontier, graph = self.frontier.state, self.frontier, self.graph
+        if any(self.all_on_backend or t not in graph.io_bound for t in graph.expand):
             return sys.maxsize
         waiting = (TaskState.WAITING, TaskState.READY)
         return sum(

@@ -209,12 +209,15 @@ class Graph:
         results, done = self.results, set(self.done)
         skipped = [t for t in self.done if isinstance(results.get(t), UpstreamFailedError)]
         failed = [t for t in self.failed if not isinstance(results[t], UpstreamFailedError)]
+        tasks = len(self.dependencies)
+        if self.expand:  # the instances grown so far are tasks too
+            tasks += len(self.done) - len(static_names(self.done, self.expand))
         counts = {
-            "tasks": len(self.dependencies),
+            "tasks": tasks,
             "done": len(done) - len(failed) - len(skipped),
             "failed": len(failed),
             "skipped": len(skipped),
-            "not run": len(self.dependencies) - len(done),
+            "not run": tasks - len(done),
         }
         cells = "".join(f"<td>{n:,} {html.escape(state)}</td>" for state, n in counts.items())
         parts = [f"<b>Graph {html.escape(repr(self.name))}</b>", f"<table><tr>{cells}</tr></table>"]
