@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .checkpoint import (
+    NOT_LOADED,
     CacheEntry,
     CacheRun,
     Checkpoint,
@@ -879,6 +880,14 @@ class _DryRun:
             self.cache = graph.checkpoint.open_run(
                 plan.names, plan.parents, graph.funcs, self.scratch
             )
+            if plan.expand:  # instances are looked up by their own item: the lists grow
+                cache = self.cache
+                cache.names, cache.parents = list(plan.names), list(plan.parents)
+                cache.tasks, cache.items = list(plan.names), {}
+        #: expanded task -> the ids of its instances; gather nodes none of whose
+        #: instances runs (their list is known only when it is gathered)
+        self.instances: dict[int, list[int]] = {}
+        self.gathered: set[Task] = set()
 
     def explain(self, tid: int, *, look_up: bool = True) -> Explanation | None:
         """Explain task ``tid``, its ancestors explained already.  ``look_up=False``:
@@ -897,14 +906,24 @@ class _DryRun:
             self.failed[tid] = blocked
             detail = f"{blocked!r} failed; reset_failed_tasks(graph) reruns it"
             return self._found(Explanation(name, False, Reason.UPSTREAM_FAILED, detail))
-        if tid in plan.expand:  # its instances exist once its input does
-            self.runs[tid] = True
-            over = plan.names[plan.expand[tid]]
-            detail = f"expanded over {over!r}: each instance is looked up by its own item"
+        if tid in plan.expand:
+            over = plan.expand[tid]
+            paired = over in plan.expand  # then looked at instance by instance
+            if not any(self.runs[p] for p in parents if not (paired and p == over)):
+                why = self._expand(tid, over)
+                if why is not None:
+                    return self._found(why)
+            self.runs[tid] = True  # its instances exist once its input does
+            detail = f"expanded over {plan.names[over]!r}: each instance is looked up by its item"
             return self._found(Explanation(name, True, Reason.UPSTREAM, detail))
         if upstream:
             self.runs[tid] = True
-            detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
+            if upstream[0] in self.gathered:
+                detail = (
+                    f"{upstream[0]!r} gathers cached instances; an unchanged list leaves it cached"
+                )
+            else:
+                detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
             return self._found(Explanation(name, True, Reason.UPSTREAM, detail))
         if self.cache is None:
             self.runs[tid] = True
@@ -917,6 +936,79 @@ class _DryRun:
         if hit:
             self.scratch[name] = value
         return self._found(self.cache.why[name])
+
+    def _expand(self, tid: int, over: int) -> Explanation | None:
+        """Explain an expanded task instance by instance, when its items are known (its
+        listing is done or cached: then decoded); None when they are not."""
+        plan, cache = self.graph.plan, self.cache
+        if cache is None:
+            return None
+        task, pairs = plan.names[tid], self.instances.get(over)
+        if over in plan.expand:
+            if pairs is None:
+                return None
+            items: list[Any] = [None] * len(pairs)
+        else:
+            value = self.scratch.get(plan.names[over])
+            if value is NOT_LOADED:  # a cached listing: its items are needed
+                _, value = cache.lookup(over)
+            if value is None:
+                return None
+            try:
+                items = list(value)
+            except TypeError:
+                return None
+        names, parents, tasks = cache.names, cache.parents, cache.tasks
+        assert isinstance(names, list)
+        assert isinstance(parents, list)
+        assert isinstance(tasks, list)
+        done, static, ids = set(self.graph.done), plan.parents[tid], []
+        for i, item in enumerate(items):
+            name, t = (task, i), len(names)
+            ids.append(t)
+            names.append(name)
+            tasks.append(task)
+            parents.append(
+                tuple([pairs[i] if p == over else p for p in static]) if pairs else static
+            )
+            if pairs is None:
+                cache.items[t] = (over, item)  # type: ignore[index]
+            cache.grow(1)
+            self.runs.append(False)
+            self.failed.append(None)
+            pair = pairs[i] if pairs else -1
+            if name in done:
+                self.explain_done(t, name)
+            elif pair >= 0 and self.failed[pair] is not None:
+                self.failed[t] = self.failed[pair]
+                detail = f"{self.failed[pair]!r} failed; reset_failed_tasks(graph) reruns it"
+                self._found(Explanation(name, False, Reason.UPSTREAM_FAILED, detail))
+            elif pair >= 0 and self.runs[pair]:
+                self.runs[t] = True
+                detail = f"{names[pair]!r} runs; unchanged output leaves it cached"
+                self._found(Explanation(name, True, Reason.UPSTREAM, detail))
+            else:
+                hit, value = cache.lookup(t, load=False)
+                self.runs[t] = not hit
+                if hit:
+                    self.scratch[name] = value
+                self._found(cache.why[name])
+        self.instances[tid] = ids
+        self.runs[tid] = True  # what gathers it is looked up with its list
+        running = sum(1 for t in ids if self.runs[t])
+        if running:
+            return Explanation(
+                task, True, Reason.UPSTREAM, f"{running} of {len(ids)} instances run"
+            )
+        self.gathered.add(task)
+        return Explanation(task, False, Reason.CACHED, f"each of its {len(ids)} instances is")
+
+    def explain_done(self, tid: int, name: Task) -> None:
+        """Explain a task (or instance) done before: it does not run."""
+        result = self.graph.results.get(name)
+        if isinstance(result, Exception):
+            self.failed[tid] = result.failed if isinstance(result, UpstreamFailedError) else name
+        self._found(Explanation(name, False, Reason.DONE))
 
     def _found(self, why: Explanation) -> Explanation:
         self.found[why.task] = why

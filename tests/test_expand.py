@@ -550,3 +550,119 @@ def test_a_task_named_like_an_instance_is_an_error() -> None:
     assert str(info.value) == (
         "task ('b', 0) has the name of an instance of the expanded task 'b'; rename it"
     )
+
+
+# -- resets -------------------------------------------------------------------------
+
+
+def test_resetting_a_task_of_the_chain_reruns_it_and_below_only(tmp_path: Path) -> None:
+    import functools
+
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    funcs = {
+        "pages": lambda: listing(3),
+        "fetch": functools.partial(fetch_once_broken, str(calls)),
+        "parse": functools.partial(parse_counted, str(calls)),
+        "total": functools.partial(total_counted, str(calls)),
+    }
+    (tmp_path / "fixed").touch()
+    graph = taskmap.run(create_graph(funcs, CHAIN, expand=CHAIN_EXPAND))
+    for path in calls.iterdir():
+        path.unlink()
+    taskmap.reset_tasks(graph, "parse")
+    assert ("fetch", 1) in graph.done
+    assert ("parse", 1) not in graph.done
+    taskmap.run(graph)
+    assert counted(calls) == {"parse-PAGE-0": 1, "parse-PAGE-1": 1, "parse-PAGE-2": 1, "total": 1}
+    for path in calls.iterdir():
+        path.unlink()
+    taskmap.reset_tasks(graph, ("fetch", 1))  # one instance: its pair and the gathers
+    assert {"fetch", "parse", "total", ("fetch", 1), ("parse", 1)}.isdisjoint(graph.done)
+    taskmap.run(graph)
+    assert counted(calls) == {"fetch-page-1": 1, "parse-PAGE-1": 1, "total": 1}
+    assert graph.results["total"] == 3
+
+
+# -- explain, pictures, report, events ------------------------------------------------
+
+
+def test_explain_reports_each_instance_of_a_cached_run(tmp_path: Path) -> None:
+    def build(n: int) -> taskmap.Graph:
+        funcs = {"pages": functools_partial(listing, n), "parse": parse_page, "total": gather}
+        deps = {"pages": [], "parse": ["pages"], "total": ["parse"]}
+        return create_graph(funcs, deps, expand={"parse": "pages"}, cache=tmp_path)
+
+    taskmap.run(build(2))
+    found = taskmap.explain(build(2))
+    assert [str(why) for why in found.values()] == [
+        "'pages' does not run: cached",
+        "('parse', 0) does not run: cached",
+        "('parse', 1) does not run: cached",
+        "'parse' does not run: cached (each of its 2 instances is)",
+        "'total' runs: an upstream task runs ('parse' gathers cached instances; an "
+        "unchanged list leaves it cached)",
+    ]
+    graph = build(2)
+    taskmap.run(graph)
+    assert graph.stats.cache is not None
+    assert graph.stats.cache.misses == 0
+    assert str(graph.stats.why[("parse", 1)]) == "('parse', 1) does not run: cached"
+
+
+def functools_partial(func: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    import functools
+
+    return functools.partial(func, *args)
+
+
+def test_pictures_draw_an_expanded_task_as_a_stack_with_its_item_count() -> None:
+    graph = failing_chain()
+    before = taskmap.to_mermaid(graph)
+    assert '  t1[["fetch"]]:::pending' in before
+    taskmap.run(graph)
+    mermaid, dot = taskmap.to_mermaid(graph), taskmap.to_dot(graph)
+    assert '  t1[["fetch<br>6 items"]]:::done' in mermaid
+    assert '  t2[["parse<br>6 items, 2 failed"]]:::skipped' in mermaid
+    assert 't1 [label="fetch\\n6 items", shape=parallelogram, style=filled, peripheries=2,' in dot
+
+
+def test_the_report_groups_instances_before_their_tasks_row() -> None:
+    import html
+
+    from taskmap.report import capture, to_html
+
+    graph = taskmap.run(failing_chain())
+    rows = capture(graph).tasks
+    names = [row.task for row in rows]
+    fetch = names.index("fetch")
+    assert names[fetch - 6 : fetch] == [str(("fetch", i)) for i in range(6)]
+    assert rows[fetch].instances == 6
+    assert set(rows[fetch].parents) == {names.index("pages"), *range(fetch - 6, fetch)}
+    parse2 = rows[names.index(str(("parse", 2)))]
+    assert parse2.group == "parse"
+    assert parse2.outcome is TaskOutcome.FAILED
+    assert parse2.parents == (names.index(str(("fetch", 2))),)
+    page = to_html(graph)
+    assert f'data-task="{html.escape(str(("parse", 2)))}"' in page
+
+
+def test_the_progress_bar_total_grows_with_the_instances() -> None:
+    import io
+
+    from taskmap.progress import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar("etl", stream)
+    asyncio.run(taskmap.arun_async(chain_graph(taskmap.run, 7), observers=[bar]))
+    assert bar.bar is None  # closed
+    assert "18/18" in stream.getvalue()  # 4 tasks and 2 x 7 instances
+
+
+def test_the_log_says_how_many_instances_grew(caplog: pytest.LogCaptureFixture) -> None:
+    graph = chain_graph(taskmap.run, 2, logging_config={"level": "INFO"}, name="grow")
+    with caplog.at_level("INFO"):
+        taskmap.run(graph)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.endswith(": expanded task fetch: 2 instances") for m in messages), messages
+    assert any(m.endswith(": finished task ('parse', 1)") for m in messages), messages

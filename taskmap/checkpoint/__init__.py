@@ -430,6 +430,8 @@ class CacheRun:
         #: instance id -> (the dependency it is expanded over, its own item): the
         #: item's digest takes that dependency's place in the instance's key
         self.items: Mapping[int, tuple[int, Any]] = {}
+        #: instances whose own failure record (``'<key>/last'``) this run found
+        self.refailed: set[int] = set()
 
     def grow(self, tasks: int) -> None:
         """Make room for ``tasks`` more task ids (instances; ``names`` grew)."""
@@ -608,6 +610,8 @@ class CacheRun:
         return (None if out == _NONE_DIGEST else NOT_LOADED), out
 
     def _reason(self, tid: int) -> tuple[Reason, str]:
+        if self.names[tid] != self.tasks[tid]:  # an instance: its task's record is shared
+            return self._instance_reason(tid)
         last = self._last(tid)
         if last is not None and last.get("failed"):
             return Reason.FAILED_BEFORE, str(last["failed"])
@@ -624,6 +628,32 @@ class CacheRun:
             changed = self._changed_inputs(tid, last.get("in"))
             return Reason.INPUT_CHANGED, changed
         return Reason.NO_ENTRY, "its entry was removed"
+
+    def _instance_reason(self, tid: int) -> tuple[Reason, str]:
+        """Why an instance misses: its own failure record (keyed by its entry key: this
+        code, this item) says it failed before; else its task's record tells a change
+        of code; else its item has no entry."""
+        key = self.keys[tid]
+        assert key
+        record = f"{key}/last"
+        own = None
+        if not self._absent(tid, record):
+            try:
+                data = self.store.get(record)
+                own = None if data is None else _parse_last(data)
+            except Exception:
+                own = None
+        if own is not None and own.get("failed"):
+            self.refailed.add(tid)
+            return Reason.FAILED_BEFORE, str(own["failed"])
+        if self.tasks[tid] in self.checkpoint.reset:
+            return Reason.RESET, ""
+        last = self._last(tid)
+        entry = self.inputs[tid]
+        assert entry is not None
+        if last is not None and last.get("code") != entry[0].hex():
+            return Reason.CODE_CHANGED, ""
+        return Reason.NO_ENTRY, "no entry for its item"
 
     def _changed_inputs(self, tid: int, before: object) -> str:
         if not isinstance(before, list):
@@ -691,6 +721,8 @@ class CacheRun:
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
         self.writer.put([(key, data), (_record_key(key), last)])
+        if self.refailed and tid in self.refailed:  # it failed before: not any more
+            self.writer.put([(f"{key}/last", None)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
@@ -702,6 +734,8 @@ class CacheRun:
         failed = f"{type(error).__name__}: {error}"[:200]
         last = _last_record(key, code.hex(), [d.hex() for d in inputs], failed)
         self.writer.put([(_record_key(key), last)])
+        if self.names[tid] != self.tasks[tid]:  # an instance: a record of its own too
+            self.writer.put([(f"{key}/last", last)])
 
     def close(self, *, write: bool = True) -> None:
         """Write what is due (everything but ``write='manual'`` entries) and stop the writer.
