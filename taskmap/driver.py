@@ -326,8 +326,8 @@ class Outcomes:
         for t in self.frontier.instances.get(tid, ()):
             name = names[t]
             value = results.get(name)
-            if type(value) is Shared:
-                value = results[name] = value.load()
+            if type(value) is Shared:  # mapped, not copied; the handle stays for the
+                value = value.load()  # instances still to take it (and `materialise`)
             if isinstance(value, BaseException):
                 failures[value.failed if isinstance(value, UpstreamFailedError) else name] = None
             else:

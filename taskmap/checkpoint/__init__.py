@@ -41,6 +41,15 @@ For years of daily runs (issue 14):
 8. **With a secret, only signed entries are decoded.**  Each entry is signed
    (HMAC-SHA256 of its key and bytes) when stored; a lookup checks the tag before
    anything is unpickled, and an entry without a valid one is a miss with a warning.
+
+For graphs that grow (issue 15):
+
+9. **An instance is keyed by its own item.**  An instance ``(task, i)`` of an
+   expanded task uses its task's code, settings and key prefix (`CacheRun.tasks`);
+   the digest of its item takes the place of the listing's among its inputs
+   (`CacheRun.items`), so a listing that grows reruns only its new items.  A failed
+   instance also writes ``'<its key>/last'``, which tells "failed before" apart
+   from a new item, and which its next success deletes.
 """
 
 from __future__ import annotations
