@@ -366,7 +366,8 @@ async def events(
 
     Events are `RunStarted`, then `TaskQueued`, `TaskStarted`, `TaskFinished`
     (``cached`` for a cache hit), `TaskFailed`, `TaskRetrying` and `TaskSkipped` for
-    each task, and `RunFinished` last; ``graph.results`` is filled when the
+    each task, `TaskExpanded` when an expanded task grows its instances, and
+    `RunFinished` last; ``graph.results`` is filled when the
     iteration ends.  Leaving the loop early (``break``) cancels the run as
     cancelling `arun_parallel_async` does.
 
