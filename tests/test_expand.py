@@ -666,3 +666,16 @@ def test_the_log_says_how_many_instances_grew(caplog: pytest.LogCaptureFixture) 
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.endswith(": expanded task fetch: 2 instances") for m in messages), messages
     assert any(m.endswith(": finished task ('parse', 1)") for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    "runner", [taskmap.run_parallel, taskmap.run_parallel_async], ids=lambda r: r.__name__
+)
+def test_drop_results_keeps_what_the_instances_need(runner: Runner) -> None:
+    funcs = {"tag": lambda: "t", "items": lambda: [10, 20, 30], "pair": tagged}
+    funcs["all"] = gather
+    deps = {"tag": [], "items": [], "pair": ["tag", "items"], "all": ["pair"]}
+    graph = create_graph(funcs, deps, expand={"pair": "items"})
+    run_with(runner, graph, drop_results=True)
+    assert graph.results["all"] == [("t", 10), ("t", 20), ("t", 30)]
+    assert "pair" not in graph.results  # taken by its only child
