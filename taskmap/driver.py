@@ -175,8 +175,9 @@ class Outcomes:
         self.expand_errors: dict[int, BaseException] = {}
         #: per expanded task id, the instances done before this run: item -> failed
         self.prior = prior or {}
-        #: what else grows with the run's ids (the drivers' own lists): called with the count
-        self.on_grow: list[Callable[[int], None]] = []
+        #: what else grows with the run's ids (the drivers' own lists): called with the
+        #: count, and whether the listing ran (False: it came from the cache)
+        self.on_grow: list[Callable[[int, bool], None]] = []
         if self.gathers:
             self.names, self.tasks = list(self.names), list(self.tasks)
             if cache is not None:
@@ -256,9 +257,10 @@ class Outcomes:
         else:
             self._skip(skipped, self.names[failed])
 
-    def grow(self, source: int, value: Any) -> list[int]:
+    def grow(self, source: int, value: Any, *, ran: bool = False) -> list[int]:
         """Grow the instances of the tasks expanded over ``source`` (its result is
-        ``value``), and every per-id list with them; return the ids made READY.
+        ``value``; ``ran``: it ran in this run), and every per-id list with them;
+        return the ids made READY.
 
         A result that is not iterable grows none: the tasks expanded over it fail
         when their gather node is READY.  Mutates the frontier; driver only.
@@ -301,7 +303,7 @@ class Outcomes:
         if self.cache is not None:
             self.cache.grow(count)
         for extend in self.on_grow:
-            extend(count)
+            extend(count, ran)
         if self.on_expanded is not None:
             for task in members:
                 self.on_expanded(TaskExpanded(names[task], len(frontier.instances[task])))
@@ -423,7 +425,7 @@ class Outcomes:
                     value = value.load()  # to encode it here: a mapping, no copy
                 self.cache.stored(tid, value, encoded)
         if self.sources and tid in self.sources:  # instances grow before it finishes
-            grown = self.grow(tid, value)
+            grown = self.grow(tid, value, ran=not cached)
             newly = self.frontier.finish(tid)
             newly.extend(grown)
         else:
@@ -544,7 +546,7 @@ def drive_sync(outcomes: Outcomes) -> None:
     # values by id: cheaper to reach than graph.results by name on large graphs
     get = graph.results.get
     values = [get(name) for name in names] if graph.done else [None] * len(names)
-    outcomes.on_grow.append(lambda count: values.extend([get(n) for n in names[len(values) :]]))
+    outcomes.on_grow.append(lambda *_: values.extend([get(n) for n in names[len(values) :]]))
     loop = _LazyLoop()
     outcomes.start_run()
     try:
@@ -702,11 +704,13 @@ class AsyncDriver:
                 for p in plan.parents[tid]:
                     consumers[p] = -1
             if plan.expand:
-                outcomes.on_grow.append(lambda count: consumers.extend([-1] * count))
+                outcomes.on_grow.append(lambda count, _: consumers.extend([-1] * count))
         #: per task: its value may stay in the worker that makes it (`_holdable`)
         self.hold = self._holdable() if drop_results and backend is not None else None
         #: the lane of a task sent to the backend, until the backend says which worker
         self.worker_lane = outcomes.timeline.lane_id("worker")
+        if backend is not None and self.graph.expand:
+            outcomes.on_grow.append(self._grown)
 
     def _holdable(self) -> list[bool] | None:
         """Zero-copy chains: which values may stay in the worker that makes them, for
@@ -802,6 +806,16 @@ class AsyncDriver:
     def _start_backend(self, backend: Backend, running: int) -> None:
         backend.start(self._backend_tasks() + running)
         self.backend_started = True
+
+    def _grown(self, count: int, ran: bool) -> None:
+        """A listing that ran (it was not cached) likely brings new items: with a
+        cache, start the workers now, while its instances are looked up, rather than
+        at their first miss (a fully cached rerun, whose listing is cached too,
+        still starts none)."""
+        backend = self.backend
+        started = self.backend_started
+        if ran and count and backend is not None and not started and self._backend_tasks():
+            self._start_backend(backend, 0)
 
     def _capacity(self, backend: Backend) -> int:
         # before the backend starts (a cache lookup comes first), take one task

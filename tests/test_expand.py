@@ -679,3 +679,40 @@ def test_drop_results_keeps_what_the_instances_need(runner: Runner) -> None:
     run_with(runner, graph, drop_results=True)
     assert graph.results["all"] == [("t", 10), ("t", 20), ("t", 30)]
     assert "pair" not in graph.results  # taken by its only child
+
+
+def numbered(n: int) -> list[int]:
+    return list(range(n))
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest.mark.parametrize(
+    "runner", [taskmap.run_parallel, taskmap.run_parallel_async], ids=lambda r: r.__name__
+)
+def test_a_cached_rerun_of_an_expanded_graph_starts_no_worker(
+    runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    from taskmap.backends.processes import ProcessPool
+
+    def build(n: int) -> taskmap.Graph:
+        funcs = {"items": functools.partial(numbered, n), "square": square, "all": gather}
+        deps = {"items": [], "square": ["items"], "all": ["square"]}
+        return create_graph(funcs, deps, expand={"square": "items"}, cache=tmp_path)
+
+    run_with(runner, build(3))
+
+    def refuse(self: object, tasks: int) -> None:
+        raise AssertionError("a fully cached run started the worker pool")
+
+    monkeypatch.setattr(ProcessPool, "start", refuse)
+    assert run_with(runner, build(3)).results["all"] == [0, 1, 4]
+    monkeypatch.undo()
+    graph = run_with(runner, build(4))  # a new item: the pool starts for it
+    assert graph.results["all"] == [0, 1, 4, 9]
+    assert graph.stats.tasks[("square", 3)].outcome is TaskOutcome.DONE
+    assert graph.stats.tasks[("square", 2)].outcome is TaskOutcome.CACHED
