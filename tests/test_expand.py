@@ -716,3 +716,16 @@ def test_a_cached_rerun_of_an_expanded_graph_starts_no_worker(
     assert graph.results["all"] == [0, 1, 4, 9]
     assert graph.stats.tasks[("square", 3)].outcome is TaskOutcome.DONE
     assert graph.stats.tasks[("square", 2)].outcome is TaskOutcome.CACHED
+
+
+def test_instances_inherit_their_tasks_priority() -> None:
+    funcs = {"items": lambda: [1, 2, 3], "low": square, "high": square}
+    funcs["all"] = lambda low, high: (low, high)
+    deps = {"items": [], "low": ["items"], "high": ["items"], "all": ["low", "high"]}
+    graph = create_graph(
+        funcs, deps, expand={"low": "items", "high": "items"}, priorities={"high": 5}
+    )
+    taskmap.run(graph)
+    order = [name for name in graph.done if isinstance(name, tuple)]
+    assert order == [("high", 0), ("high", 1), ("high", 2), ("low", 0), ("low", 1), ("low", 2)]
+    assert graph.results["all"] == ([1, 4, 9], [1, 4, 9])
