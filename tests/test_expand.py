@@ -729,3 +729,22 @@ def test_instances_inherit_their_tasks_priority() -> None:
     order = [name for name in graph.done if isinstance(name, tuple)]
     assert order == [("high", 0), ("high", 1), ("high", 2), ("low", 0), ("low", 1), ("low", 2)]
     assert graph.results["all"] == ([1, 4, 9], [1, 4, 9])
+
+
+async def fetch_or_fail_late(page: str) -> str:
+    i = int(page.rsplit("-", 1)[1])
+    await asyncio.sleep(0.02 * i)
+    if i == 2:
+        raise ValueError(f"{page} is broken")
+    return page.upper()
+
+
+def test_fail_fast_stops_the_instances_not_yet_done(runner: Runner) -> None:
+    funcs = {"pages": lambda: listing(6), "fetch": fetch_or_fail_late, "parse": parse_page}
+    funcs["total"] = gather
+    graph = create_graph(funcs, CHAIN, io_bound=["fetch"], expand=CHAIN_EXPAND)
+    run_with(runner, graph, on_error="fail_fast")
+    assert isinstance(graph.results[("fetch", 2)], ValueError)
+    assert isinstance(graph.results[("parse", 2)], UpstreamFailedError)
+    for name in [("fetch", 5), ("parse", 5), "fetch", "parse", "total"]:
+        assert isinstance(graph.results[name], taskmap.RunStoppedError), name
