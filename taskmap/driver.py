@@ -326,7 +326,8 @@ class Outcomes:
         names, results = self.names, self.graph.results
         values = []
         failures: dict[Hashable, None] = {}
-        for t in self.frontier.instances.get(tid, ()):
+        instances = self.frontier.instances.get(tid, range(0))
+        for t in instances:
             name = names[t]
             value = results.get(name)
             if type(value) is Shared:  # mapped, not copied; the handle stays for the
@@ -339,7 +340,10 @@ class Outcomes:
             error = UpstreamFailedError(names[tid], next(iter(failures)), list(failures))
             self.failed(tid, error)
             return error
-        self.succeeded(tid, values)
+        # every instance loaded from the cache (or done before): so is the list
+        outcome = self.timeline.outcome
+        cached = bool(instances) and all(outcome[t] in (CACHED, 0) for t in instances)
+        self.succeeded(tid, values, cached=cached)
         return values
 
     def instance_args(self, tid: int, value: Callable[[int], Any]) -> list[Any]:

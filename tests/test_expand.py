@@ -608,6 +608,7 @@ def test_explain_reports_each_instance_of_a_cached_run(tmp_path: Path) -> None:
     assert graph.stats.cache is not None
     assert graph.stats.cache.misses == 0
     assert str(graph.stats.why[("parse", 1)]) == "('parse', 1) does not run: cached"
+    assert graph.stats.tasks["parse"].outcome is TaskOutcome.CACHED  # so was its list
 
 
 def functools_partial(func: Callable[..., Any], *args: Any) -> Callable[..., Any]:
