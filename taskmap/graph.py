@@ -826,7 +826,8 @@ def load_result(graph: Graph, task: Task) -> Any:
     The key is found as a run would find it: the task's ancestors are looked up in
     the cache (their values are not decoded, only their digests read), or taken from
     ``graph.results`` when done.  Only the task's own value is decoded (with a cache
-    secret, only if its signature holds).
+    secret, only if its signature holds).  For an expanded task, the list of its
+    instances' values, in item order (its listing is decoded too, to know them).
 
     Raises:
         NoStoredResultError: there is no such value; ``exc.reason`` and ``exc.detail``
@@ -844,12 +845,14 @@ def load_result(graph: Graph, task: Task) -> Any:
     if graph.checkpoint is None:
         raise NoStoredResultError(task, Reason.NOT_CACHED, "the graph has no cache")
     above = plan.ancestors([tid])
-    dry = _DryRun(graph)
+    dry = _DryRun(graph, gather=True)
     try:
         for t in plan.order:
             if t in above and t != tid:
                 dry.explain(t)
         why = dry.explain(tid, look_up=False)
+        if tid in dry.instances and why is not None and not why.runs:
+            return dry.scratch[task]  # an expanded task: the list of its instances'
         if why is None:  # nothing upstream decides: its own entry does
             assert dry.cache is not None
             hit, value = dry.cache.lookup(tid)
@@ -866,9 +869,12 @@ class _DryRun:
     in a topological order, with a scratch results dict (values looked up here never
     reach the graph)."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, *, gather: bool = False) -> None:
         plan, results = graph.plan, graph.results
         self.graph = graph
+        #: decode the instances of an expanded task none of whose instances runs, so
+        #: that what gathers them has a key (`load_result`; `explain` decodes nothing)
+        self.gather = gather
         self.done = _done_ids(graph)
         n = len(plan.names)
         self.runs = [False] * n
@@ -1000,8 +1006,30 @@ class _DryRun:
             return Explanation(
                 task, True, Reason.UPSTREAM, f"{running} of {len(ids)} instances run"
             )
-        self.gathered.add(task)
+        if self.gather:  # its list, as a run would gather it
+            self.scratch[task] = self.load_instances(tid)
+            self.runs[tid] = False
+        else:
+            self.gathered.add(task)
         return Explanation(task, False, Reason.CACHED, f"each of its {len(ids)} instances is")
+
+    def load_instances(self, tid: int) -> list[Any]:
+        """The values of an expanded task's instances, each cached or done (`_expand`
+        said none runs), decoded in item order."""
+        cache, results = self.cache, self.graph.results
+        assert cache is not None
+        values = []
+        for t in self.instances[tid]:
+            name = cache.names[t]
+            if self.found[name].reason is Reason.DONE:
+                values.append(results.get(name))
+                continue
+            hit, value = cache.lookup(t)
+            if not hit:  # gone since it was looked at
+                why = cache.why[name]
+                raise NoStoredResultError(name, why.reason, why.detail)
+            values.append(value)
+        return values
 
     def explain_done(self, tid: int, name: Task) -> None:
         """Explain a task (or instance) done before: it does not run."""

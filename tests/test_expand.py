@@ -749,3 +749,17 @@ def test_fail_fast_stops_the_instances_not_yet_done(runner: Runner) -> None:
     assert isinstance(graph.results[("parse", 2)], UpstreamFailedError)
     for name in [("fetch", 5), ("parse", 5), "fetch", "parse", "total"]:
         assert isinstance(graph.results[name], taskmap.RunStoppedError), name
+
+
+def test_load_result_of_an_expanded_task_is_the_list_of_its_instances(tmp_path: Path) -> None:
+    def build(n: int) -> taskmap.Graph:
+        funcs = {"pages": functools_partial(listing, n), "parse": parse_page, "total": sum}
+        deps = {"pages": [], "parse": ["pages"], "total": ["parse"]}
+        return create_graph(funcs, deps, expand={"parse": "pages"}, cache=tmp_path)
+
+    taskmap.run(build(3))
+    assert taskmap.load_result(build(3), "parse") == [0, 1, 2]
+    assert taskmap.load_result(build(3), "total") == 3
+    with pytest.raises(taskmap.NoStoredResultError) as info:
+        taskmap.load_result(build(4), "parse")  # the listing changed: it would run
+    assert info.value.reason is taskmap.Reason.UPSTREAM
