@@ -24,7 +24,7 @@ import pytest
 import taskmap
 from taskmap import WorkerCrashedError
 from taskmap.worker import SHARED_MIN
-from tests.procs import still_alive, wait_until, workers_left
+from tests.procs import live_descendants, still_alive, tagged, wait_until, workers_left
 
 PARALLEL = [taskmap.run_parallel, taskmap.run_parallel_async]
 N = 2 * SHARED_MIN // 8  # float64 elements: twice the threshold
@@ -43,15 +43,16 @@ def segments_held(pid: int | str = "self") -> tuple[int, int]:
     return fds, maps
 
 
-def segments_anywhere() -> int:
-    """Data-plane segments held by any process (their memory is freed at zero)."""
+def segments_anywhere(tag: str | None = None) -> int:
+    """Data-plane segments held by this process, its descendants and, with ``tag``,
+    every process of a driver started with ``TM_TAG=<tag>`` (orphans included); not
+    by other programs' runs on a shared machine (their memory is freed at zero)."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                total += sum(segments_held(entry))
-            except OSError:
-                continue
+    for pid in {os.getpid(), *live_descendants(os.getpid()), *(tagged(tag) if tag else ())}:
+        try:
+            total += sum(segments_held(pid))
+        except OSError:
+            continue
     return total
 
 
@@ -242,11 +243,13 @@ def test_no_segment_outlives_a_driver_interrupted_or_killed(tmp_path, how):
     script.write_text(DRIVER)
     pids = tmp_path / "pids"
     before = shm_names()
+    tag = f"data-{os.getpid()}-{how}"
     proc = subprocess.Popen(
         [sys.executable, str(script), str(pids)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TM_TAG": tag},
     )
     try:
         assert wait_until(lambda: pids.exists() and pids.read_text().count("\n") >= 2, 30)
@@ -261,7 +264,7 @@ def test_no_segment_outlives_a_driver_interrupted_or_killed(tmp_path, how):
     if how == signal.SIGINT:
         assert "kept ndarray ndarray" in out  # finished values reached graph.results
     assert wait_until(lambda: not still_alive(workers), 10), still_alive(workers)
-    assert wait_until(lambda: segments_anywhere() == 0, 10)
+    assert wait_until(lambda: segments_anywhere(tag) == 0, 10)
     assert shm_names() == before
 
 
