@@ -651,9 +651,9 @@ class ProcessPool:
                     worker.conn.send_bytes(dumps(("fn", *job.post)))
                     worker.known.add(job.post[0])
                 worker.conn.send_bytes(job.message)
-                if job.shared:
-                    send_fds(worker.sock, [s.fd for s in job.shared])
-                    job.shared = []  # the worker holds them now
+                if job.shared:  # kept until answered: a job whose worker died
+                    send_fds(worker.sock, [s.fd for s in job.shared])  # before it ran
+                    # goes to another one, with its fds again
             except OSError:  # died just now; its sentinel will replace it
                 continue
             worker.jobs.append(job)

@@ -593,3 +593,31 @@ def test_random_graphs_under_drop_results_end_as_they_do_in_one_process(runner):
         kept = summed(graph.results)
         assert kept == {name: summed(reference.results)[name] for name in kept}, seed
     assert workers_left() == set()
+
+
+def test_a_job_queued_behind_a_crash_takes_its_segment_to_the_next_worker():
+    """A tiny-task pool queues a job behind the running one (prefetch).  If that one
+    kills its worker, the queued job runs on the replacement: its segments' fds go
+    with it again (they used to be sent once, and the job waited for them forever)."""
+    import asyncio
+
+    from taskmap.backends.processes import ProcessPool
+
+    async def scenario() -> float:
+        pool = ProcessPool(1)
+        pool.start(20)
+        try:
+            for i in range(5):  # tiny tasks: the pool starts queueing one behind another
+                await pool.submit(i, f"tiny{i}", int, (i,))
+            assert pool._depth() == 2
+            crash = pool.submit(10, "crash", crash_on, (0,))
+            queued = pool.submit(11, "queued", total, (array(2),))  # a driver value: a segment
+            assert [job.task for job in pool.workers[0].jobs] == ["crash", "queued"]
+            with pytest.raises(WorkerCrashedError):
+                await crash
+            return await asyncio.wait_for(queued, 20)
+        finally:
+            await pool.aclose(cancel=False)
+
+    assert asyncio.run(scenario()) == float(array(2).sum())
+    assert workers_left() == set()
