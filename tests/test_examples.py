@@ -123,7 +123,14 @@ def test_policies_benchmark_smoke_run():
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "script", ["bench_core.py", "bench_parallel.py", "bench_checkpoint.py", "bench_data.py"]
+    "script",
+    [
+        "bench_core.py",
+        "bench_parallel.py",
+        "bench_checkpoint.py",
+        "bench_data.py",
+        "bench_first_run.py",
+    ],
 )
 def test_benchmark_smoke_run_prints_its_goals(script):
     path = ROOT / "benchmarks" / script
