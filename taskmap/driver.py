@@ -56,7 +56,7 @@ from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
 from .backends import Backend, Shared, materialise
-from .backends.loop import EventLoop, timed, watch_steps
+from .backends.loop import EventLoop, StallWatch, timed
 from .backends.threads import call_in_thread, in_thread
 from .checkpoint import CacheRun
 from .errors import (
@@ -346,8 +346,8 @@ if sys.version_info >= (3, 12):
 
     def _start_task(coro: Awaitable[Any]) -> asyncio.Future[Any]:
         """A Task that runs the coroutine's first step now (`eager_start`): one that
-        returns before its first real wait never waits for a loop turn.  (The stall
-        watch's wrapper is a generator: it starts as asyncio always did.)"""
+        returns before its first real wait never waits for a loop turn.  (A `timed`
+        wrapper is a coroutine too: it starts eagerly as well.)"""
         if type(coro) is not CoroutineType:
             return asyncio.ensure_future(coro)
         return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
@@ -508,6 +508,7 @@ class AsyncDriver:
         self.own_signals = own_signals
         self.stall_warning = stall_warning  # seconds; None: io coroutines are not watched
         self.stalled: set[Hashable] = set()  # tasks warned about
+        self.stall_watch: StallWatch | None = None  # started at the first io coroutine
         self.graph = outcomes.graph
         self.frontier = outcomes.frontier
         self.backend = backend
@@ -551,6 +552,8 @@ class AsyncDriver:
             raise
         finally:
             restore_sigint()
+            if self.stall_watch is not None:
+                self.stall_watch.close()
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
         if self.backend is not None:
@@ -720,7 +723,10 @@ class AsyncDriver:
             self.inline_call = False
         if type(value) is CoroutineType:
             if self.stall_warning is not None and self.frontier.is_io(tid):
-                value = watch_steps(value, name, self.stall_warning, self._stalled)
+                watch = self.stall_watch
+                if watch is None:
+                    watch = self.stall_watch = StallWatch(self.stall_warning, self._stalled)
+                watch.watch(tid, name, value)  # before an eager start runs its first step
             if seconds is not None:
                 value = timed(value, seconds, name, "cancelled")
             self._watch(tid, _start_task(value))
@@ -791,6 +797,8 @@ class AsyncDriver:
 
     def _record(self, tid: int, future: asyncio.Future[Any]) -> None:
         del self.inflight[tid]
+        if self.stall_watch is not None:
+            self.stall_watch.forget(tid)
         if self.finished is None or self.finished.done():  # aborting: leave it unrecorded
             return
         span = self.backend.span(tid) if self.backend is not None else None
