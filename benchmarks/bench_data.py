@@ -19,7 +19,9 @@ pure-Python objects), a list of 1M small dicts ``{"i": j, "v": float}``.
 Every figure comes from a fresh ``python`` running this file with ``--one RUNNER KIND
 SIZE``, which prints JSON.  Its *makespan* is timed with ``time.perf_counter`` around
 ``create_graph`` + the runner (the workers start and stop inside it, as they do for a
-user); its *total* runs from the parent's spawn to the end of the run (interpreter
+user; numpy and pandas are imported before, as at a script's top, and the tasks
+name them as globals, so the fork server imports them once for the workers, as
+for a script); its *total* runs from the parent's spawn to the end of the run (interpreter
 start and imports added; clock ``time.monotonic``, shared by the processes).  A thread
 of the child samples memory every 5 ms and keeps the peak: the private resident memory
 (``RssAnon + RssFile``) of the child and all its descendants (found by parent pid in
@@ -103,17 +105,34 @@ Deps = dict[str, list[str]]
 # -- the tasks (module level: the children rebuild the same graph) -----------------
 
 
+#: numpy and pandas, imported as a script imports them, at its top (`import_for`):
+#: before the clock starts, and named as globals by the tasks, so that the workers'
+#: fork server imports them once, as it does for a user's script
+np: Any = None
+pd: Any = None
+
+
+def import_for(kind: str) -> None:
+    global np, pd
+    if kind != "dicts":
+        import numpy
+
+        np = numpy
+    if kind == "pandas":
+        import pandas
+
+        pd = pandas
+
+
 def source(kind: str, i: int, size: int) -> Any:
     """Chain ``i``'s first value: ``size`` bytes of float64 (numpy, pandas) or ``size`` dicts."""
     start = 1.0 + i
     if kind == "dicts":
         return [{"i": j, "v": start + j} for j in range(size)]
-    import numpy as np
-
+    if np is None or (kind == "pandas" and pd is None):  # imported as a module
+        import_for(kind)
     if kind == "numpy":
         return np.full(size // 8, start)
-    import pandas as pd
-
     block = np.full((size // (8 * COLUMNS), COLUMNS), start)
     return pd.DataFrame(block, columns=[f"c{c}" for c in range(COLUMNS)], copy=False)
 
@@ -375,6 +394,7 @@ def size_of(kind: str, size: int) -> int:
 
 def child(runner: str, kind: str, size: int, spawned: float | None) -> dict[str, Any]:
     n = size_of(kind, size)
+    import_for(kind)
     funcs, deps = workload(kind, n)
     with TreeMemory() as memory:
         seconds, result = RUNNERS[runner](funcs, deps)

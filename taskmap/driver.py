@@ -65,6 +65,7 @@ from .errors import (
     StallWarning,
     TaskError,
     UpstreamFailedError,
+    WorkerCrashedError,
 )
 from .events import (
     Observer,
@@ -528,8 +529,38 @@ class AsyncDriver:
             self.consumers = [len(c) for c in self.graph.plan.children]
             for tid in targets:
                 self.consumers[tid] = -1  # a target's result is always kept
+        #: per task: its value may stay in the worker that makes it (`_holdable`)
+        self.hold = self._holdable() if drop_results and backend is not None else None
         #: the lane of a task sent to the backend, until the backend says which worker
         self.worker_lane = outcomes.timeline.lane_id("worker")
+
+    def _holdable(self) -> list[bool] | None:
+        """Zero-copy chains: which values may stay in the worker that makes them, for
+        their consumer to run there.  Under ``drop_results``, a value that only one
+        task takes, on the backend too, never comes to the driver; that task gets no
+        retries (its input is handed over, not copied), and no task of the graph has
+        a timeout (a timeout kills its worker, and the values it holds).  Without a
+        cache: a stored value is one the driver writes."""
+        outcomes, frontier, consumers = self.outcomes, self.frontier, self.consumers
+        if outcomes.cache is not None or outcomes.timeouts or consumers is None:
+            return None
+        anywhere = self.all_on_backend
+        hold = [False] * len(consumers)
+        for tid, children in enumerate(self.graph.plan.children):
+            if consumers[tid] == 1 and (anywhere or not frontier.is_io(tid)):
+                child = children[0]
+                hold[tid] = (anywhere or not frontier.is_io(child)) and (
+                    child not in outcomes.retries
+                )
+        return hold
+
+    def _forget(self, lost: list[Hashable]) -> None:
+        """Values lost with a worker that held them: their tasks count as not run."""
+        if lost:
+            gone = set(lost)
+            self.graph.done[:] = [t for t in self.graph.done if t not in gone]
+            for name in lost:
+                self.graph.results.pop(name, None)
 
     async def arun(self) -> None:
         """Run until every task is done; on cancellation cancel in-flight tasks and re-raise."""
@@ -547,7 +578,8 @@ class AsyncDriver:
             _check_drained(self.frontier)
         except BaseException:
             await self._aabort()
-            materialise(self.graph.results)  # what finished is kept, however the run ends
+            # what finished is kept, however the run ends (but what workers held)
+            self._forget(materialise(self.graph.results))
             self.outcomes.end_run(interrupted=True)
             raise
         finally:
@@ -557,6 +589,8 @@ class AsyncDriver:
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
         if self.backend is not None:
+            if self.hold is not None:
+                self._forget(await self.backend.collect(self.graph.results))
             await self.backend.aclose(cancel=False)
         materialise(self.graph.results)
         self.outcomes.end_run()
@@ -774,6 +808,7 @@ class AsyncDriver:
                 args,
                 timeout=outcomes.timeouts.get(tid),
                 post=None if cache is None else cache.encoder_for(tid),
+                hold=self.hold is not None and self.hold[tid],
             )
         except TaskError as exc:  # the function or arguments cannot be sent
             outcomes.started(tid, LOOP)
@@ -831,6 +866,8 @@ class AsyncDriver:
             self.retrying[tid] = loop.call_later(delay, self._guarded, self._retry, tid)
             return
         self.retry_args.pop(tid, None)
+        if isinstance(exc, WorkerCrashedError) and exc.lost is not None:
+            self._forget([exc.lost])  # its value is gone: it counts as not run
         outcomes.failed(tid, exc)
         if outcomes.fail_fast:  # stop what runs, and what waits to be retried
             for future in self.inflight.values():

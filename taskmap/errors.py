@@ -270,19 +270,30 @@ class WorkerCrashedError(TaskError):
         pid: the worker's process id (None on a foreign executor).
         exitcode: the process exit code; negative for a signal (``-9`` is SIGKILL).
         detail: how it died, when the pid and exit code cannot say.
+        lost: the dependency whose value died with the worker that kept it (a
+            zero-copy chain under ``drop_results=True``); None when the task itself
+            was running there.
     """
 
     def __init__(
-        self, task: Hashable, pid: int | None, exitcode: int | None, detail: str | None = None
+        self,
+        task: Hashable,
+        pid: int | None,
+        exitcode: int | None,
+        detail: str | None = None,
+        *,
+        lost: Hashable | None = None,
     ) -> None:
         self.pid = pid
         self.exitcode = exitcode
         self.detail = detail
+        self.lost = lost
         how = detail if detail is not None else describe_exit(pid, exitcode)
         super().__init__(task, f"task {task!r} failed: {how}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.pid, self.exitcode, self.detail))
+        args = (self.task, self.pid, self.exitcode, self.detail)
+        return (type(self), args, {"lost": self.lost})
 
 
 class TaskTimeoutError(TaskError, TimeoutError):

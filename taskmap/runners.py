@@ -224,7 +224,8 @@ def run_parallel(
         drop_results: drop a result from ``graph.results`` once every child has
             taken it, unless it is a target or has no children (saves memory on
             long graphs of large values; rerunning a child then needs its parent
-            rerun too).
+            rerun too).  A value that one CPU task takes then stays in the
+            worker that made it, and that task runs there (zero-copy chains).
         limits: channel -> the most tasks of that channel running at once
             (``create_graph(channels=...)``); ``{'io': 20}`` caps io-bound tasks.
         progress, report: as in `run`.

@@ -9,14 +9,16 @@ a pickled tuple whose first item is its tag::
     driver -> worker   ("fn", fid, function bytes)          before its first use there
                        (the bytes of a `SameCode`: a function whose code came with fid
                        ``base``, sent before it)
-                       ("run", tid, fid, arguments, post fid or -1, keywords or None)
-                       ("runs", tid, fid, layouts, (arguments, keywords) bytes, post fid)
-                                                           + one fd per layout
+                       ("run", tid, fid, arguments, post fid or -1, keywords or None, flags)
+                       ("runs", tid, fid, layouts, (arguments, keywords) bytes, post fid,
+                        flags)                             + one fd per layout
+                       ("export", tid)               a held value, for use elsewhere
                        ("stop",)
     worker -> driver   ("ready", pid)
                        ("ok", tid, result, start, end, posted)  perf_counter() readings;
                                                   posted: post(result), or None
                        ("shm", tid, layout, start, end, posted)  + the segment's fd
+                       ("held", tid, start, end, posted)   the value stayed here (Rule 8)
                        ("err", tid, start, end, exception bytes or None, type name,
                         message, traceback text)
                        ("unpicklable", tid, result type name, why)
@@ -51,6 +53,12 @@ Rules:
    A reader maps the segment privately (copy-on-write): a task may mutate its
    input and no other reader sees it.  A memfd has no name: the kernel frees it
    when the last fd and mapping go, however the processes end.
+8. Zero-copy chains: a "run" flagged `HOLD` keeps its value here, as the object
+   itself, and replies "held"; the driver pins the value's one consumer to this
+   worker, whose "run" (flagged `TAKES`) names it with a `Kept` placeholder: the
+   consumer gets the object (it is its only user, so it may mutate it) and the
+   worker lets it go.  "export" sends a held value as any result, for a consumer
+   elsewhere or for ``graph.results``.  A held value dies with its worker.
 """
 
 from __future__ import annotations
@@ -82,7 +90,11 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "HOLD",
     "SHARED_MIN",
+    "TAKES",
+    "Kept",
+    "Pickled",
     "RemoteTraceback",
     "SameCode",
     "Shared",
@@ -96,6 +108,7 @@ __all__ = [
     "recv_fds",
     "run_message",
     "send_fds",
+    "small",
     "to_segment",
 ]
 
@@ -268,14 +281,36 @@ class Shared:
 
 
 def pickle_oob(value: object) -> tuple[bytes, list[memoryview]] | None:
-    """Pickle protocol 5 with the large buffers out of band; None if plain pickle
-    cannot (the caller's cloudpickle path takes it in band)."""
+    """Pickle protocol 5 with the large buffers out of band, as `dumps_for_worker`
+    does: what refers to the user's ``__main__`` (which workers do not import: its
+    classes' instances) goes by value, with cloudpickle.  None if neither can (the
+    caller's path then reports why)."""
     buffers: list[pickle.PickleBuffer] = []
     try:
         head = pickle.dumps(value, 5, buffer_callback=buffers.append)
+    except Exception:  # lambdas, local classes, classes shipped by value: below
+        head = b"__main__"
+    try:
+        if b"__main__" in head:
+            buffers, out = [], io.BytesIO()
+            _CodePickler(out, 5, buffer_callback=buffers.append).dump(value)
+            head = out.getvalue()
         return head, [buffer.raw() for buffer in buffers]
-    except Exception:  # unpicklable by plain pickle, or a non-contiguous buffer
+    except Exception:  # unpicklable, or a non-contiguous buffer
         return None
+
+
+class Pickled:
+    """A value already pickled (by `pickle_oob`, to learn its size), riding in its
+    "run" message as bytes and unpickled with it: it is not pickled twice."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.blob,))
 
 
 def oob_size(packed: tuple[bytes, list[memoryview]]) -> int:
@@ -319,6 +354,44 @@ def load_segment(fd: int, layout: tuple[int, tuple[tuple[int, int], ...], int]) 
     return pickle.loads(view[:head], buffers=[view[o : o + n] for o, n in spans])
 
 
+#: "run" flags (Rule 8): keep the value here; the arguments name held values
+HOLD, TAKES = 1, 2
+
+_SMALL_TYPES = (int, float, bool, str, type(None), complex)
+
+
+def small(value: object) -> bool:
+    """Certainly below `SHARED_MIN` without pickling it (the common tiny value)."""
+    kind = type(value)
+    if kind in _SMALL_TYPES:
+        return kind is not str or len(value) < SHARED_MIN // 4  # type: ignore[arg-type]
+    return kind is bytes and len(value) < SHARED_MIN  # type: ignore[arg-type]
+
+
+class Kept:
+    """Stands in a "run" message for the held value of task ``tid`` (Rule 8)."""
+
+    __slots__ = ("tid",)
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Kept, (self.tid,))
+
+
+def _take_held(args: tuple[Any, ...], held: dict[int, Any]) -> tuple[Any, ...]:
+    """The arguments with each `Kept` replaced by its value, which leaves ``held``."""
+    out = []
+    for arg in args:
+        if type(arg) is Kept:
+            if arg.tid not in held:
+                raise RuntimeError(f"taskmap: the value of task id {arg.tid} is not held here")
+            arg = held.pop(arg.tid)
+        out.append(arg)
+    return tuple(out)
+
+
 class _Slot:
     """Stands in a "runs" message for the argument in segment ``index``."""
 
@@ -337,11 +410,12 @@ def run_message(
     args: Sequence[Any],
     post_fid: int = -1,
     kwargs: dict[str, Any] | None = None,
+    flags: int = 0,
 ) -> tuple[bytes, list[Shared]]:
     """The "run" message for a task, and the segments whose fds must follow it."""
     shared = [a for a in args if type(a) is Shared]
     if not shared:
-        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid, kwargs)), []
+        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid, kwargs, flags)), []
     index, placed = 0, []
     for arg in args:
         if type(arg) is Shared:
@@ -351,7 +425,7 @@ def run_message(
             placed.append(arg)
     blob = dumps_for_worker((tuple(placed), kwargs))
     layouts = [s.layout for s in shared]
-    return dumps(("runs", tid, fid, layouts, blob, post_fid)), shared
+    return dumps(("runs", tid, fid, layouts, blob, post_fid, flags)), shared
 
 
 def send_fds(sock: socket.socket, fds: Sequence[int]) -> None:
@@ -446,6 +520,7 @@ def main(
     sys.stdout = _PipeWriter(send, 1)
     sys.stderr = _PipeWriter(send, 2)
     functions: dict[int, Callable[..., Any] | Exception] = {}
+    held: dict[int, Any] = {}  # Rule 8: values kept here for their consumer
     runner: asyncio.Runner | None = None  # made at the first coroutine (asyncio: imported then)
     send(("ready", os.getpid()))
     try:
@@ -461,6 +536,17 @@ def main(
                 continue
             if message[0] == "stop":
                 return
+            if message[0] == "export":
+                value = held.pop(message[1], _MISSING)
+                if value is _MISSING:
+                    send(("badinput", f"no value of task id {message[1]} is held here"))
+                    continue
+                answer, copy = _result_reply(message[1], value, time.perf_counter(), None)
+                del value
+                send_blob(answer, [] if copy is None else [copy.fd])
+                if copy is not None:
+                    copy.close()
+                continue
             if message[0] == "fn":
                 try:
                     function = loads(message[2])
@@ -472,7 +558,7 @@ def main(
                 continue
             segments: list[Shared] = []
             if message[0] == "runs":  # Rule 7: the fds of its segments follow it
-                _, tid, fid, layouts, blob, post_fid = message
+                _, tid, fid, layouts, blob, post_fid, flags = message
                 fds = recv_fds(sock, len(layouts))
                 segments = [Shared(fd, layout) for fd, layout in zip(fds, layouts, strict=True)]
                 try:
@@ -483,11 +569,13 @@ def main(
                     send(("badinput", f"{type(exc).__qualname__}: {exc}"))
                     continue
             else:
-                _, tid, fid, args, post_fid, kwargs = message
+                _, tid, fid, args, post_fid, kwargs, flags = message
             started = time.perf_counter()
             try:
                 if segments:
                     args = _fill_slots(args, segments)
+                if flags & TAKES:
+                    args = _take_held(args, held)
                 func = functions[fid]
                 if isinstance(func, Exception):
                     raise func
@@ -508,7 +596,11 @@ def main(
                 segment = None
             else:
                 post = functions.get(post_fid) if post_fid >= 0 else None
-                reply, segment = _result_reply(tid, value, started, post)
+                if flags & HOLD and not small(value):
+                    held[tid] = value
+                    reply, segment = _held_reply(tid, value, started, post), None
+                else:
+                    reply, segment = _result_reply(tid, value, started, post)
             finally:
                 for shared in segments:  # mapped (or never used): the fds can go
                     shared.close()
@@ -554,6 +646,19 @@ def _result_reply(
         return dumps(("ok", tid, value, started, time.perf_counter(), posted)), None
     except Exception as exc:
         return dumps(("unpicklable", tid, type(value).__qualname__, str(exc))), None
+
+
+def _held_reply(
+    tid: int, value: Any, started: float, post: Callable[[Any], Any] | Exception | None
+) -> bytes:
+    posted = None
+    if post is not None and not isinstance(post, Exception):
+        with contextlib.suppress(Exception):
+            posted = post(value)
+    return dumps(("held", tid, started, time.perf_counter(), posted))
+
+
+_MISSING = object()
 
 
 def _error_reply(tid: int, exc: BaseException, started: float) -> tuple[Any, ...]:

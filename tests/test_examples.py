@@ -114,6 +114,7 @@ def test_dask_example_runs_cpu_tasks_on_the_cluster():
     assert "(0 failed)" in done.stdout
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(120)
 def test_policies_benchmark_smoke_run():
     done = run_script("benchmarks/bench_policies.py", "--quick", timeout=100)
@@ -121,6 +122,7 @@ def test_policies_benchmark_smoke_run():
     assert "| benchmark" in done.stdout or "|" in done.stdout
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "script",

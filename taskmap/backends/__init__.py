@@ -13,7 +13,10 @@ driver holds a `Shared` handle to it (its fd), not the value; CPU tasks that
 consume it map the segment themselves.  The driver turns a handle into the value
 only for its own use (`Shared.load`: io tasks, the cache) and at the end of the
 run (`materialise`: ``graph.results``); a handle dropped (``drop_results``) frees
-the segment once no worker maps it.
+the segment once no worker maps it.  Under ``drop_results``, a value with one
+consumer does not even leave the worker that made it: the driver holds a `Remote`
+handle and the backend runs the consumer where the value is (zero-copy chains);
+`Backend.collect` brings what is left of them to the driver at the end.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from typing import Any, Protocol
 
 from ..worker import Shared as Shared
 
-__all__ = ["Backend", "Shared", "materialise"]
+__all__ = ["Backend", "Remote", "Shared", "materialise"]
+
+
+class Remote:
+    """A value that lives in a backend's worker, not in the driver (see
+    `Backend.submit`'s ``hold``): the driver passes the handle back to the backend,
+    and only the backend can turn it into the value (`Backend.collect`)."""
+
+    __slots__ = ()
 
 
 class Backend(Protocol):
@@ -48,6 +59,7 @@ class Backend(Protocol):
         *,
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
+        hold: bool = False,
     ) -> asyncio.Future[Any]:
         """Start a task; the future gets its value or its exception.
 
@@ -57,6 +69,10 @@ class Backend(Protocol):
 
         ``post`` (the cache's digest and encoding) may be called on the value where
         it was made; its result is then `posted` (a backend may ignore it).
+
+        ``hold``: the value may stay where it was made, and the future then gets a
+        `Remote` handle, which the driver passes to the task's one consumer (a
+        backend may ignore it).
 
         Raises:
             SerializationError: the function or arguments cannot be sent; nothing
@@ -75,6 +91,12 @@ class Backend(Protocol):
         when the backend did not call it (then the driver computes it)."""
         ...
 
+    async def collect(self, results: dict[Any, Any]) -> list[Any]:
+        """Before `aclose` at the end of a run: replace each `Remote` in ``results``
+        by its value (or a `Shared`); drop those that were lost (their worker died)
+        and return their names."""
+        ...
+
     async def aclose(self, *, cancel: bool) -> None:
         """Release every resource; with ``cancel``, stop running tasks at once.
 
@@ -83,13 +105,21 @@ class Backend(Protocol):
         ...
 
 
-def materialise(results: dict[Any, Any]) -> None:
+def materialise(results: dict[Any, Any]) -> list[Any]:
     """Turn each `Shared` value in ``results`` into the value, and close its segment.
 
     The value lives on a private mapping of the segment: no copy is made here, the
     pages are shared with the workers' until written, and freed with the value.
+    A `Remote` left (its backend was stopped before `Backend.collect`) is lost:
+    it is dropped, and its name returned.
     """
+    lost = []
     for name, value in results.items():
         if type(value) is Shared:
             results[name] = value.load()
             value.close()
+        elif isinstance(value, Remote):
+            lost.append(name)
+    for name in lost:
+        del results[name]
+    return lost

@@ -56,6 +56,7 @@ class ExecutorBackend:
         *,
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
+        hold: bool = False,
     ) -> asyncio.Future[Any]:
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
@@ -160,6 +161,10 @@ class ExecutorBackend:
         if not future.done():
             remote.cancel()
             future.set_exception(TaskTimeoutError(task, seconds, "executor"))
+
+    async def collect(self, results: dict[Any, Any]) -> list[Any]:
+        """Nothing is held: the executor returns every value (``hold`` is ignored)."""
+        return []
 
     def posted(self, tid: int) -> Any:
         """Never: values come back to the driver, which digests and encodes them."""

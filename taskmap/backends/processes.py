@@ -32,6 +32,16 @@ Rules:
    the pipe buffers at once, are never queued behind a running task.  A queued job
    has not started: if its worker dies it goes to another; if it is cancelled it
    runs and is ignored.
+6. Zero-copy chains (worker Rule 8): a job submitted with ``hold`` leaves its value
+   in its worker, and its future gets a `Held` handle.  A job taking held values is
+   pinned to the worker holding them, which hands them over in place; one held
+   elsewhere is exported first (the job waits for it, off the backlog).  Pinned jobs
+   wait for their worker without taking another's room: `capacity` counts each
+   worker's room less the jobs waiting for it.  But a core does not idle while two
+   jobs wait for one worker: with no other job waiting, the last of them is sent to
+   the idle worker, its inputs exported (`_steal`).  If the worker dies, the jobs pinned
+   to it fail with `WorkerCrashedError` naming the lost input.  `collect` brings the
+   held values left in the results to the driver before the workers stop.
 
 State: ``workers`` every live worker; each `_Worker` holds ``jobs``, the jobs sent
 and not yet answered, in order (the first is running; replies come in the same
@@ -68,9 +78,13 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .. import worker as worker_module
-from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError
+from ..errors import SerializationError, TaskTimeoutError, WorkerCrashedError, describe_exit
 from ..worker import (
+    HOLD,
     SHARED_MIN,
+    TAKES,
+    Kept,
+    Pickled,
     RemoteTraceback,
     SameCode,
     Shared,
@@ -80,10 +94,12 @@ from ..worker import (
     pickle_oob,
     recv_fds,
     send_fds,
+    small,
     to_segment,
 )
+from . import Remote
 
-__all__ = ["ProcessPool", "function_modules", "get_context"]
+__all__ = ["Held", "ProcessPool", "function_modules", "get_context"]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: Rule 5: below this mean task duration (seconds) a worker gets its next job queued
@@ -113,6 +129,7 @@ class _Worker:
     jobs: collections.deque[_Job] = field(default_factory=collections.deque)
     known: set[int] = field(default_factory=set)
     dead: bool = False
+    waiting: int = 0  # backlog jobs pinned to it (Rule 6)
 
 
 @dataclass(slots=True, eq=False)
@@ -129,6 +146,29 @@ class _Job:
     timer: asyncio.TimerHandle | None = None  # armed when it starts, with a timeout
     expired: bool = False  # it ran past its timeout: its worker is being killed
     sent: float = 0.0  # when it was written to its worker (perf_counter)
+    flags: int = 0  # HOLD: its value stays in its worker (Rule 6)
+    pinned: _Worker | None = None  # the worker holding its inputs (Rule 6)
+    holds: tuple[Held, ...] = ()  # its inputs held by its pinned worker
+    args: Sequence[Any] = ()  # a pinned job's arguments: to send it elsewhere instead
+    kwargs: dict[str, Any] | None = None
+    export: bool = False  # not a task: the export of a held value (``tid`` is its task's)
+
+
+class Held(Remote):
+    """A task's value that stayed, as the object itself, in the worker that made it
+    (Rule 6).  ``export`` is the future of its copy for use elsewhere, once asked."""
+
+    __slots__ = ("export", "task", "tid", "worker")
+
+    def __init__(self, worker: _Worker, tid: int, task: Hashable) -> None:
+        self.worker = worker
+        self.tid = tid
+        self.task = task
+        self.export: asyncio.Future[Any] | None = None
+
+    def __repr__(self) -> str:
+        where = "lost" if self.worker.dead else f"in worker process {self.worker.pid}"
+        return f"<value of task {self.task!r}, {where}>"
 
 
 def get_context(method: str | BaseContext | None) -> BaseContext:
@@ -215,6 +255,8 @@ class ProcessPool:
         self.posts: dict[int, Any] = {}
         #: id -> (value, its segment): large values of the driver's, written once a run
         self.exported: dict[int, tuple[Any, Shared]] = {}
+        #: jobs waiting for held inputs to be exported from other workers (Rule 6)
+        self.gathering = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -355,9 +397,15 @@ class ProcessPool:
 
     def capacity(self) -> int:
         depth = self._depth()
-        free = sum(max(0, depth - len(w.jobs)) for w in self.workers if not w.dead)
-        # a worker about to start has room: its jobs wait in the backlog
-        return free + len(self.unborn) + self.launching - len(self.backlog)
+        free = pinned = 0
+        for w in self.workers:
+            pinned += w.waiting
+            if not w.dead:
+                free += max(0, depth - len(w.jobs) - w.waiting)
+        # a worker about to start has room: its jobs wait in the backlog; a job pinned
+        # to a worker waits for that one only (Rule 6)
+        unpinned = len(self.backlog) - pinned + self.gathering
+        return free + len(self.unborn) + self.launching - unpinned
 
     def _depth(self) -> int:
         """Jobs a worker may hold: 1, or 2 while tasks are tiny (see Rule 5)."""
@@ -379,11 +427,16 @@ class ProcessPool:
         *,
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
+        hold: bool = False,
     ) -> asyncio.Future[Any]:
         """Send a task to a worker with room.  Raises SerializationError before taking one.
 
         ``post`` is called on the value in the worker (the cache's digest and
-        encoding, off the driver); `posted` hands its result over."""
+        encoding, off the driver); `posted` hands its result over.  With ``hold``
+        the value stays in its worker and the future gets a `Held` (Rule 6).
+
+        Raises:
+            WorkerCrashedError: a held input was lost with its worker."""
         assert self.loop is not None
         kwargs: dict[str, Any] | None = None
         if type(func) is functools.partial:  # one function shipped once; bound values are data
@@ -395,20 +448,168 @@ class ProcessPool:
                 shipped = self._function(task, post)
             except SerializationError:  # a user's encoder: the driver encodes instead
                 shipped = None
+        future = self.loop.create_future()
+        job = _Job(tid, task, fid, fn_blob, b"", future, [], shipped, timeout)
+        job.flags = HOLD if hold else 0
+        holds = [a for a in args if type(a) is Held]
+        exports = self._place(job, holds) if holds else []
+        if exports:
+            self._gather(job, args, kwargs, exports)
+            return future
+        self._message(job, args, kwargs)
+        if job.pinned is not None:
+            job.args, job.kwargs = args, kwargs
+        self._enqueue(job)
+        self._steal()
+        return future
+
+    def _gather(
+        self,
+        job: _Job,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        exports: list[asyncio.Future[Any]],
+    ) -> None:
+        """The job waits for its inputs to be exported, then is sent (`_gathered`)."""
+        self.gathering += 1
+        count = [len(exports)]
+        for export in exports:
+            export.add_done_callback(
+                functools.partial(self._gathered, job, args, kwargs, exports, count)
+            )
+
+    def _steal(self) -> None:
+        """Rule 6: a worker idles, no job waits for any worker, and one worker has two
+        or more jobs waiting for it: the last of them goes to whichever worker is
+        free, once its held inputs are exported (after the task their worker runs)."""
+        if self.gathering or not self.backlog or self.state is not PoolState.RUNNING:
+            return
+        busy = [w for w in self.workers if not w.dead and w.waiting >= 2]
+        if not busy or not any(not (w.dead or w.jobs or w.waiting) for w in self.workers):
+            return
+        if any(job.pinned is None for job in self.backlog):
+            return  # the idle worker gets that one
+        victim = busy[0]
+        job = next(j for j in reversed(self.backlog) if j.pinned is victim)
+        self.backlog.remove(job)
+        victim.waiting -= 1
+        job.pinned, job.holds = None, ()
+        args, kwargs, job.args, job.kwargs = job.args, job.kwargs, (), None
+        exports = [self._export(a) for a in args if type(a) is Held]
+        self._gather(job, args, kwargs, exports)
+
+    def _message(self, job: _Job, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
+        """Pickle the job's "run" message (Rule 1: before it takes a worker)."""
+        flags, placed = job.flags, list(args)
+        if job.holds or any(type(a) is Held for a in args):
+            for i, arg in enumerate(args):
+                if type(arg) is Held:
+                    if arg.export is not None:  # it left its worker: the copy
+                        placed[i] = arg.export.result()
+                    else:  # in the job's worker: taken there in place
+                        placed[i] = Kept(arg.tid)
+                        flags |= TAKES
         try:
             # cloudpickle: instances of classes from the user's __main__, which is not
             # re-run in workers, cross by value.  Large values cross as segments.
-            post_fid = -1 if shipped is None else shipped[0]
-            message, shared = worker_module.run_message(
-                tid, fid, self._share(args), post_fid, kwargs
+            post_fid = -1 if job.post is None else job.post[0]
+            job.message, job.shared = worker_module.run_message(
+                job.tid, job.fid, self._share(placed), post_fid, kwargs, flags
             )
         except Exception as exc:
-            raise _unpicklable_args(task, args, exc) from None
-        future = self.loop.create_future()
-        job = _Job(tid, task, fid, fn_blob, message, future, shared, shipped, timeout)
+            raise _unpicklable_args(job.task, args, exc) from None
+
+    def _enqueue(self, job: _Job) -> None:
         if not self._dispatch(job):
             self.backlog.append(job)
-        return job.future
+            if job.pinned is not None:
+                job.pinned.waiting += 1
+
+    def _place(self, job: _Job, holds: list[Held]) -> list[asyncio.Future[Any]]:
+        """Pin a job taking held values to the worker holding most of them (Rule 6);
+        return the exports it must wait for (values held elsewhere)."""
+        for held in holds:
+            if held.worker.dead and held.export is None:
+                raise _lost(job.task, held)
+        here = [h for h in holds if h.export is None]
+        if here:
+            counts = collections.Counter(h.worker for h in here)
+            job.pinned = max(counts, key=counts.__getitem__)
+        job.holds = tuple(h for h in here if h.worker is job.pinned)
+        return [
+            h.export if h.export is not None else self._export(h)
+            for h in holds
+            if h.worker is not job.pinned or h.export is not None
+            if h.export is None or not h.export.done()
+        ]
+
+    def _gathered(
+        self,
+        job: _Job,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        exports: list[asyncio.Future[Any]],
+        count: list[int],
+        _: asyncio.Future[Any],
+    ) -> None:
+        """One export a job waits for is done; once all are, send the job."""
+        count[0] -= 1
+        if count[0]:
+            return
+        self.gathering -= 1
+        if job.future.done() or self.state is not PoolState.RUNNING:
+            return
+        try:
+            for held in args:
+                if type(held) is Held and held.export is not None:
+                    export = held.export
+                    if export.cancelled() or export.exception() is not None:
+                        raise _lost(job.task, held)
+            if job.pinned is not None and job.pinned.dead:
+                raise _lost(job.task, job.holds[0])
+            self._message(job, args, kwargs)
+        except Exception as exc:
+            job.future.set_exception(exc)
+            return
+        if job.pinned is not None:
+            job.args, job.kwargs = args, kwargs
+        self._enqueue(job)
+
+    def _export(self, held: Held) -> asyncio.Future[Any]:
+        """Ask a held value's worker for it (after the job it runs): the future gets
+        a `Shared`, or the value itself when small."""
+        if held.export is not None:
+            return held.export
+        assert self.loop is not None
+        future = held.export = self.loop.create_future()
+        worker = held.worker
+        job = _Job(held.tid, held.task, -1, b"", b"", future, [], None, export=True)
+        try:
+            if worker.dead:
+                raise OSError("its worker is gone")
+            worker.conn.send_bytes(dumps(("export", held.tid)))
+        except OSError:
+            future.set_exception(_lost(held.task, held))
+            return future
+        worker.jobs.append(job)
+        return future
+
+    async def collect(self, results: dict[Hashable, Any]) -> list[Hashable]:
+        """Bring each held value in ``results`` to the driver (a `Shared`, or the
+        value), before the workers stop; drop those lost with their worker and
+        return their names."""
+        exports = {name: self._export(v) for name, v in results.items() if type(v) is Held}
+        if not exports:
+            return []
+        await asyncio.wait(exports.values())
+        lost = []
+        for name, export in exports.items():
+            if export.cancelled() or export.exception() is not None:
+                lost.append(name)
+                del results[name]
+            else:
+                results[name] = export.result()
+        return lost
 
     def _share(self, args: Sequence[Any]) -> list[Any]:
         """The arguments, each large value the driver holds (an io task's result, a
@@ -417,12 +618,17 @@ class ProcessPool:
             return []
         out = []
         for arg in args:
-            if type(arg) is not Shared and not _small(arg):
+            if type(arg) not in (Shared, Kept) and not small(arg):
                 entry = self.exported.get(id(arg))
                 if entry is None or entry[0] is not arg:
                     packed = pickle_oob(arg)
                     if packed is None or oob_size(packed) < SHARED_MIN:
-                        out.append(arg)
+                        # in the message: pickled once only, unless tiny (re-pickling
+                        # 200 bytes is cheaper than a wrapper) or with buffers
+                        if packed is None or packed[1] or len(packed[0]) < 1024:
+                            out.append(arg)
+                        else:
+                            out.append(Pickled(packed[0]))
                         continue
                     entry = self.exported[id(arg)] = (arg, to_segment(*packed))
                 arg = entry[1]
@@ -432,7 +638,11 @@ class ProcessPool:
     def _dispatch(self, job: _Job) -> bool:
         """Send a job to the least busy worker with room; False if none has room."""
         depth = self._depth()
-        for worker in sorted(self.workers, key=lambda w: len(w.jobs)):
+        if job.pinned is not None:
+            workers = [job.pinned]
+        else:
+            workers = sorted(self.workers, key=lambda w: len(w.jobs))
+        for worker in workers:
             if worker.dead or len(worker.jobs) >= depth:
                 continue
             if worker.jobs and (
@@ -463,13 +673,24 @@ class ProcessPool:
         return False
 
     def _drain_backlog(self) -> None:
-        """Send waiting jobs to workers with room (after a result or a new worker)."""
-        while self.backlog:
-            job = self.backlog[0]
-            if job.future.done() or self._dispatch(job):
-                self.backlog.popleft()
-            else:
-                return
+        """Send waiting jobs to workers with room (after a result or a new worker), in
+        order; a pinned job that waits for its worker does not stop the others."""
+        backlog = self.backlog
+        if not backlog:
+            return
+        depth = self._depth()
+        waiting: collections.deque[_Job] = collections.deque()
+        stuck = False  # an unpinned job found no room: the next ones would not either
+        while backlog and any(not w.dead and len(w.jobs) < depth for w in self.workers):
+            job = backlog.popleft()
+            if (job.pinned is None and stuck) or not (job.future.done() or self._dispatch(job)):
+                stuck = stuck or job.pinned is None
+                waiting.append(job)
+            elif job.pinned is not None:
+                job.pinned.waiting -= 1
+        waiting.extend(backlog)
+        self.backlog = waiting
+        self._steal()
 
     def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
         """The id and bytes of a function; its code crosses once (worker Rule 1): a
@@ -548,6 +769,18 @@ class ProcessPool:
             return
         job = worker.jobs.popleft()
         future, task = job.future, job.task
+        if job.export:
+            if self.state is PoolState.RUNNING:
+                self._drain_backlog()
+            if future.done():
+                return
+            if tag == "ok":
+                future.set_result(message[2])
+            else:
+                future.set_exception(SerializationError(task, "result", "", str(message[-1])))
+            return
+        if tag == "held":
+            tag, message = "ok", ("ok", message[1], Held(worker, job.tid, task), *message[2:])
         if tag in ("ok", "err"):
             start, end = (message[3], message[4]) if tag == "ok" else (message[2], message[3])
             if tag == "ok" and message[5] is not None:
@@ -587,7 +820,8 @@ class ProcessPool:
         if worker.jobs:
             running = worker.jobs.popleft()
             lane = f"worker-{worker.slot}"
-            self.spans[running.tid] = (lane, running.sent, time.perf_counter())
+            if not running.export:
+                self.spans[running.tid] = (lane, running.sent, time.perf_counter())
             if running.expired and running.timeout is not None:
                 error: Exception = TaskTimeoutError(
                     running.task, running.timeout, "worker replaced"
@@ -596,12 +830,26 @@ class ProcessPool:
                 error = WorkerCrashedError(running.task, worker.pid, worker.process.exitcode)
             if not running.future.done():
                 running.future.set_exception(error)
-            # jobs queued behind it never started: they go to the next worker
-            self.backlog.extendleft(reversed(worker.jobs))
+            # jobs queued behind it never started: they go to the next worker, unless
+            # they need what it held (Rule 6)
+            self.backlog.extendleft(reversed([j for j in worker.jobs if not _needs(j, worker)]))
+            self._fail_lost([j for j in worker.jobs if _needs(j, worker)], worker)
             worker.jobs.clear()
+        if worker.waiting:
+            self._fail_lost([j for j in self.backlog if j.pinned is worker], worker)
+            self.backlog = collections.deque(j for j in self.backlog if j.pinned is not worker)
+            worker.waiting = 0
         _close(worker)
         if self.state is PoolState.RUNNING:
             self._spawn(worker.slot)
+
+    def _fail_lost(self, jobs: list[_Job], worker: _Worker) -> None:
+        """Fail jobs that needed a value held by a worker that died (Rule 6)."""
+        for job in jobs:
+            if job.future.done():
+                continue
+            held = job.holds[0] if job.holds else Held(worker, job.tid, job.task)
+            job.future.set_exception(_lost(job.task, held))
 
     def _on_future_done(self, worker: _Worker, job: _Job, future: asyncio.Future[Any]) -> None:
         # Rule 3: the driver cancelled a running task (fail_fast): kill the worker.  A
@@ -634,15 +882,23 @@ def _close(worker: _Worker) -> None:
     worker.alive.close()
 
 
-_SMALL_TYPES = (int, float, bool, str, type(None), complex)
+def _needs(job: _Job, worker: _Worker) -> bool:
+    """The job cannot run without the worker: an export from it, or pinned to it."""
+    return job.export or job.pinned is worker
 
 
-def _small(value: object) -> bool:
-    """Certainly below `SHARED_MIN` without pickling it (the common tiny argument)."""
-    kind = type(value)
-    if kind in _SMALL_TYPES:
-        return kind is not str or len(value) < SHARED_MIN // 4  # type: ignore[arg-type]
-    return kind is bytes and len(value) < SHARED_MIN  # type: ignore[arg-type]
+def _lost(task: Hashable, held: Held) -> WorkerCrashedError:
+    """The error of a task whose input, held by a worker, died with it (Rule 6)."""
+    worker = held.worker
+    how = describe_exit(worker.pid, worker.process.exitcode)
+    return WorkerCrashedError(
+        task,
+        worker.pid,
+        worker.process.exitcode,
+        f"its input {held.task!r} was lost: the worker process that kept it died "
+        f"before task {task!r} could take it ({how})",
+        lost=held.task,
+    )
 
 
 def _fits_in_pipe(job: _Job, worker: _Worker, base: tuple[int, bytes] | None) -> bool:

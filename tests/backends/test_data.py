@@ -301,3 +301,244 @@ def test_with_a_cache_the_worker_digests_and_encodes_its_value_not_the_driver(tm
     taskmap.run_parallel_async(rerun, ncores=1)
     assert rerun.stats.cache.hits == len(funcs)
     np.testing.assert_array_equal(rerun.results["make"].payload, array(0, n))
+
+
+# -- zero-copy chains: under drop_results a value with one consumer stays put -------
+
+
+def made(path: str, i: int) -> np.ndarray:
+    x = array(i)
+    with open(path, "a") as f:
+        f.write(f"made {i} {os.getpid()} {id(x)}\n")
+    return x
+
+
+def took(path: str, x: np.ndarray) -> np.ndarray:
+    with open(path, "a") as f:
+        f.write(f"took {os.getpid()} {id(x)} {backed_by_a_segment(x)}\n")
+    x *= 2.0  # in place: it is this task's own value
+    return x
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["drop_results", "control"])
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_under_drop_results_a_chain_hands_its_value_over_in_place(runner, drop, tmp_path):
+    log = tmp_path / "log"
+    funcs = {f"make{i}": functools.partial(made, str(log), i) for i in range(3)}
+    funcs |= {f"take{i}": functools.partial(took, str(log)) for i in range(3)}
+    funcs["sum"] = total  # takes values kept by both workers
+    deps = {f"make{i}": [] for i in range(3)} | {f"take{i}": [f"make{i}"] for i in range(3)}
+    deps["sum"] = [f"take{i}" for i in range(3)]
+    graph = runner(taskmap.create_graph(funcs, deps), ncores=2, drop_results=drop)
+    assert graph.results["sum"] == sum(float((array(i) * 2).sum()) for i in range(3))
+    assert set(graph.results) == ({"sum"} if drop else set(funcs))
+    lines = [line.split() for line in log.read_text().splitlines()]
+    makers = {(pid, oid) for _, _, pid, oid in (w for w in lines if w[0] == "made")}
+    takers = {(pid, oid) for _, pid, oid, _ in (w for w in lines if w[0] == "took")}
+    mapped = {segment for *_, segment in (w for w in lines if w[0] == "took")}
+    if drop:  # each taker got the very object its maker returned, in its process
+        assert takers == makers
+        assert mapped == {"False"}
+    else:  # kept in graph.results: each value went to a segment, mapped by its taker
+        assert not takers & makers
+        assert mapped == {"True"}
+    assert segments_held()[0] == 0  # results are mapped, their fds closed
+    assert workers_left() == set()
+
+
+def boom() -> None:
+    raise ValueError("no")
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_a_kept_value_whose_consumer_never_runs_is_in_the_results(runner):
+    funcs = {"make": functools.partial(array, 1), "boom": boom, "take": total}
+    deps = {"make": [], "boom": [], "take": ["make", "boom"]}
+    graph = runner(taskmap.create_graph(funcs, deps), ncores=2, drop_results=True)
+    assert isinstance(graph.results["boom"], ValueError)
+    assert isinstance(graph.results["take"], taskmap.UpstreamFailedError)
+    np.testing.assert_array_equal(graph.results["make"], array(1))
+    assert "make" in graph.done
+    assert workers_left() == set()
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def counted(path: str, i: int) -> np.ndarray:
+    with open(path, "a") as f:
+        f.write("made\n")
+    return array(i)
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_a_kept_value_lost_with_its_worker_fails_its_consumer_and_is_made_again(runner, tmp_path):
+    calls = tmp_path / "calls"
+    funcs = {
+        "make": functools.partial(counted, str(calls), 1),
+        "take": scale,
+        "crash": kill_self,  # runs after make, on the same (only) worker
+        "after": total,
+    }
+    deps = {"make": [], "take": ["make"], "crash": [], "after": ["take"]}
+    graph = taskmap.create_graph(funcs, deps, priorities={"make": 10, "crash": 5})
+    graph = runner(graph, ncores=1, drop_results=True)
+    lost = graph.results["take"]
+    assert isinstance(lost, WorkerCrashedError)
+    assert lost.lost == "make"
+    assert "its input 'make' was lost: the worker process that kept it died" in str(lost)
+    assert "SIGKILL" in str(lost)
+    assert isinstance(graph.results["crash"], WorkerCrashedError)
+    assert graph.results["crash"].lost is None
+    assert isinstance(graph.results["after"], taskmap.UpstreamFailedError)
+    # the lost value's task counts as not run: the next run makes it again
+    assert "make" not in graph.done
+    assert "make" not in graph.results
+    graph.funcs["crash"] = lambda: None
+    taskmap.reset_failed_tasks(graph)
+    graph = runner(graph, ncores=1, drop_results=True)
+    assert graph.results == {"after": float((array(1) * 2).sum()), "crash": None}
+    assert calls.read_text() == "made\nmade\n"
+    assert workers_left() == set()
+
+
+def kill_after(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_the_pool_fails_what_waits_for_a_dead_worker_s_values_and_nothing_else():
+    """At the pool's level, where placement is known: one worker keeps two values and
+    then dies running a third task, while a job pinned to it waits in the backlog and
+    the export of the other value waits behind the task."""
+    import asyncio
+
+    from taskmap.backends.processes import Held, ProcessPool
+
+    async def scenario() -> tuple[object, ...]:
+        pool = ProcessPool(1)
+        pool.start(4)
+        try:
+            first = await pool.submit(0, "first", functools.partial(array, 1), (), hold=True)
+            second = await pool.submit(1, "second", functools.partial(array, 2), (), hold=True)
+            assert type(first) is Held
+            assert type(second) is Held
+            killer = pool.submit(2, "killer", functools.partial(kill_after, 0.3), ())
+            pinned = pool.submit(3, "pinned", scale, (first,))
+            assert pool.capacity() == 0  # the worker is busy; the pinned job waits for it
+            results = {"second": second}
+            lost = await pool.collect(results)  # its export waits behind the killer
+            outcomes = await asyncio.gather(killer, pinned, return_exceptions=True)
+            shared = await pool.submit(4, "after", functools.partial(array, 3), ())
+            after = shared.load()
+            shared.close()
+            return (*outcomes, lost, results, after)
+        finally:
+            await pool.aclose(cancel=False)
+
+    killer, pinned, lost, results, after = asyncio.run(scenario())
+    assert isinstance(killer, WorkerCrashedError)
+    assert killer.lost is None
+    assert isinstance(pinned, WorkerCrashedError)
+    assert pinned.lost == "first"
+    assert "its input 'first' was lost" in str(pinned)
+    assert lost == ["second"]
+    assert results == {}
+    np.testing.assert_array_equal(after, array(3))  # the replacement runs what comes next
+    assert workers_left() == set()
+
+
+MAIN_CLASSES = textwrap.dedent(
+    """
+    import taskmap
+    from dataclasses import dataclass
+
+    @dataclass
+    class Row:  # defined in __main__, which workers do not import
+        i: int
+        v: float
+
+    async def fetch():  # on the driver
+        return [Row(i, i / 2) for i in range(20_000)]
+
+    async def fetch_few():  # a few KB: in the message, pickled once
+        return [Row(i, i / 2) for i in range(200)]
+
+    def make():  # in a worker
+        return [Row(i, i / 2) for i in range(20_000)]
+
+    def count(rows):
+        return sum(r.v for r in rows), type(rows[0]).__name__
+
+    if __name__ == "__main__":
+        funcs = {"fetch": fetch, "make": make, "from_io": count, "from_worker": count}
+        funcs |= {"fetch_few": fetch_few, "from_few": count}
+        deps = {"fetch": [], "make": [], "from_io": ["fetch"], "from_worker": ["make"]}
+        deps |= {"fetch_few": [], "from_few": ["fetch_few"]}
+        graph = taskmap.create_graph(funcs, deps, io_bound=["fetch", "fetch_few"])
+        graph = taskmap.run_parallel_async(graph, ncores=2)
+        print(graph.results["from_io"], graph.results["from_worker"], graph.results["from_few"])
+        print(type(graph.results["make"][0]).__module__, len(graph.results["make"]))
+    """
+)
+
+
+def test_large_values_of_classes_from_main_cross_by_value(tmp_path):
+    script = tmp_path / "main_classes.py"
+    script.write_text(MAIN_CLASSES)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "(99995000.0, 'Row') (99995000.0, 'Row') (9950.0, 'Row')",
+        "__main__ 20000",
+    ]
+
+
+def pid_of(x: np.ndarray) -> tuple[int, float]:
+    return os.getpid(), float(x[0])
+
+
+def sleep_then(seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_a_core_does_not_idle_while_jobs_wait_for_the_worker_holding_their_inputs():
+    """Three values kept by one worker, busy with a long task, and their three
+    consumers waiting for it: the other worker takes one of them, exported to it."""
+    import asyncio
+
+    from taskmap.backends.processes import Held, ProcessPool
+
+    async def scenario() -> tuple[list[Held], int, list[tuple[int, float]]]:
+        pool = ProcessPool(2)
+        pool.start(8)
+        try:
+            # both workers up: otherwise everything waits for the first one
+            await asyncio.gather(*(pool.submit(i, f"warm{i}", sleep_then, (0.2,)) for i in (0, 1)))
+            held = [
+                await pool.submit(2 + i, f"make{i}", functools.partial(array, i), (), hold=True)
+                for i in range(3)
+            ]
+            assert len({h.worker.pid for h in held}) == 1  # the least busy: the first
+            long = pool.submit(5, "long", sleep_then, (0.5,))
+            takers = [pool.submit(6 + i, f"take{i}", pid_of, (h,)) for i, h in enumerate(held)]
+            return held, await long, list(await asyncio.gather(*takers))
+        finally:
+            await pool.aclose(cancel=False)
+
+    held, long_pid, taken = asyncio.run(scenario())
+    owner = held[0].worker.pid
+    assert long_pid == owner  # the long task runs where the values are
+    assert [value for _, value in taken] == [0.0, 1.0, 2.0]
+    places = [pid for pid, _ in taken]
+    assert places.count(owner) == 2  # two consumers took theirs in place...
+    assert len(set(places)) == 2  # ...and one went to the idle worker, exported there
+    assert workers_left() == set()
