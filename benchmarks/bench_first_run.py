@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_first_run.py           # full: medians of 5
     python benchmarks/bench_first_run.py --quick   # smoke: one repeat, fewer tasks
+    python benchmarks/bench_first_run.py --rows 45 # rows 4 and 5 only
 
 Each measurement is one new ``python`` running this file with ``--child SPEC`` (it
 prints one JSON line); the contenders of a row are interleaved (repeat 1 of every
