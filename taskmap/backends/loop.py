@@ -128,7 +128,8 @@ class StallWatch:
     the watched coroutine whose frame is on it is the culprit.  ``report(task,
     seconds, coroutine)`` runs on the loop as soon as the loop is free again;
     ``seconds`` counts from the last beat, so it exceeds the stall by at most a
-    period, and a step shorter than the threshold is never reported.  Coroutines
+    period.  A step longer than the threshold and a period is always reported, one
+    shorter than the threshold never.  Coroutines
     run as bare Tasks (eagerly on 3.12+): the watch costs a dict entry per
     coroutine, where stepping each one by hand cost a generator frame per step.
 
