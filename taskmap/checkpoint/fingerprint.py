@@ -295,6 +295,11 @@ class Fingerprinter:
         top = self._top.get(id(func))
         if top is not None and top[0] is func:
             return top[1]
+        if type(func) is functools.partial:  # one per task: 10,000 of one function
+            quick = self._plain_partial(func)
+            if quick is not None:
+                self._top[id(func)] = (func, quick)
+                return quick
         if not callable(func):
             raise TypeError(
                 f"fingerprint needs a callable (got {_short(func)}, a {_type_name(type(func))})"
@@ -394,6 +399,20 @@ class Fingerprinter:
         wrapped = getattr(obj, "__wrapped__", None)  # functools.lru_cache, decorators
         extra = [self._callable(wrapped)] if callable(wrapped) else []
         return _combine(b"object", code, state, *extra)
+
+    def _plain_partial(self, obj: functools.partial[Any]) -> bytes | None:
+        """What `_partial` returns for the common partial, without its generality: a
+        function fingerprinted before, plain arguments, no keywords; else None."""
+        known = self._top.get(id(obj.func))
+        if obj.keywords or known is None or known[0] is not obj.func:
+            return None
+        parts = [b"partial", known[1]]
+        for arg in obj.args:
+            if type(arg) not in _PLAIN:
+                return None
+            parts.append(b"value:" + digest(arg))
+        parts.append(b"kw")
+        return _h(*parts)
 
     def _partial(self, obj: functools.partial[Any]) -> _Expr:
         """A partial: its function (fingerprinted once for all its partials) and arguments."""

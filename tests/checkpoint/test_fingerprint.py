@@ -260,7 +260,10 @@ def test_one_loops_lambdas_and_partials_read_their_code_and_globals_once(
     assert len(set(lambdas)) == len(set(partials)) == 50  # each default, each argument counts
     assert len(reads) == 1  # the lambdas' globals, once for all 50
     assert lambdas[7] == fingerprint(lambda i=7: shared_helper(i))  # the memo changes nothing
-    assert partials[7] == fingerprint(functools.partial(shared_helper, 7))
+    assert partials[7] == fingerprint(functools.partial(shared_helper, 7))  # the fast path
+    for args, kwargs in [((7,), {"x": 1}), (((7,),), {}), ((7.5,), {})]:
+        again = fp(functools.partial(shared_helper, *args, **kwargs))
+        assert again == fingerprint(functools.partial(shared_helper, *args, **kwargs))
 
 
 def test_mutual_recursion_terminates_and_does_not_depend_on_order(
