@@ -340,8 +340,7 @@ def test_under_drop_results_a_chain_hands_its_value_over_in_place(runner, drop, 
         assert takers == makers
         assert mapped == {"False"}
     else:  # kept in graph.results: each value went to a segment, mapped by its taker
-        assert not takers & makers
-        assert mapped == {"True"}
+        assert mapped == {"True"}  # (an id may recur: the maker's array is freed)
     assert segments_held()[0] == 0  # results are mapped, their fds closed
     assert workers_left() == set()
 
@@ -541,4 +540,53 @@ def test_a_core_does_not_idle_while_jobs_wait_for_the_worker_holding_their_input
     places = [pid for pid, _ in taken]
     assert places.count(owner) == 2  # two consumers took theirs in place...
     assert len(set(places)) == 2  # ...and one went to the idle worker, exported there
+    assert workers_left() == set()
+
+
+def combine(k: int, *xs: np.ndarray) -> np.ndarray:
+    if k % 17 == 0:
+        raise ValueError(f"task {k} fails")
+    out = np.zeros(max([len(x) for x in xs] + [1]))
+    for x in xs:
+        out[: len(x)] += x  # in place on a fresh array: inputs are left alone
+    return out * 1.001 + k
+
+
+def reduce_to_float(k: int, *xs: np.ndarray) -> float:
+    return float(sum(float(np.asarray(x).sum()) for x in xs)) + k
+
+
+def random_graph(seed: int, n: int = 40) -> tuple[dict, dict]:
+    import random
+
+    rnd = random.Random(seed)
+    funcs, deps = {}, {}
+    for t in range(n):
+        parents = rnd.sample(range(t), k=min(t, rnd.choice([0, 1, 1, 1, 2, 3])))
+        deps[f"t{t}"] = [f"t{p}" for p in parents]
+        if parents:
+            funcs[f"t{t}"] = functools.partial(rnd.choice([combine, combine, reduce_to_float]), t)
+        else:  # below, at and above the segment threshold
+            funcs[f"t{t}"] = functools.partial(array, t, rnd.choice([1000, N, 4 * N]))
+    return funcs, deps
+
+
+def summed(results: dict) -> dict:
+    return {
+        name: type(v).__name__ if isinstance(v, Exception) else float(np.asarray(v).sum())
+        for name, v in results.items()
+    }
+
+
+@pytest.mark.parametrize("runner", PARALLEL, ids=lambda r: r.__name__)
+def test_random_graphs_under_drop_results_end_as_they_do_in_one_process(runner):
+    """Chains, fan-ins and failures mixed: what is kept matches `run`, and every
+    task that ran in one process ran here too (no value lost, no hang)."""
+    for seed in range(12):
+        funcs, deps = random_graph(seed)
+        reference = taskmap.run(taskmap.create_graph(funcs, deps))
+        graph = runner(taskmap.create_graph(funcs, deps), ncores=2, drop_results=True)
+        assert set(graph.done) == set(reference.done), seed
+        kept = summed(graph.results)
+        assert kept == {name: summed(reference.results)[name] for name in kept}, seed
     assert workers_left() == set()
