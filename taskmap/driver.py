@@ -774,18 +774,23 @@ class AsyncDriver:
             return
         self.stalled.add(task)
         code = getattr(coro, "cr_code", None)
-        warnings.warn_explicit(
-            StallWarning(
-                f"io-bound task {task!r} blocked the event loop for {seconds:.2f} s "
-                f"(more than {self.stall_warning:g} s): no other io-bound task could run "
-                "meanwhile.  If it computes, leave it out of io_bound (it then runs in a "
-                "worker process); if it calls something blocking, await it in a thread: "
-                "await asyncio.to_thread(func, ...)"
-            ),
-            StallWarning,
-            code.co_filename if code is not None else "<taskmap>",
-            code.co_firstlineno if code is not None else 0,
-        )
+        try:
+            warnings.warn_explicit(
+                StallWarning(
+                    f"io-bound task {task!r} blocked the event loop for {seconds:.2f} s "
+                    f"(more than {self.stall_warning:g} s): no other io-bound task could "
+                    "run meanwhile.  If it computes, leave it out of io_bound (it then runs "
+                    "in a worker process); if it calls something blocking, await it in a "
+                    "thread: await asyncio.to_thread(func, ...)"
+                ),
+                StallWarning,
+                code.co_filename if code is not None else "<taskmap>",
+                code.co_firstlineno if code is not None else 0,
+            )
+        except Exception as exc:  # warnings made errors: this is a loop callback, whose
+            # exception the loop would only log; the run ends with it instead
+            if self.finished is not None and not self.finished.done():
+                self.finished.set_exception(exc)
 
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
         if self.outcomes.cache is not None and self._cached(tid):

@@ -161,6 +161,14 @@ def test_no_warning_for_cpu_coroutines_polite_ones_or_when_turned_off() -> None:
         )
 
 
+def test_a_stall_warning_made_an_error_ends_the_run_with_it() -> None:
+    graph = create_graph({"io": blocks_twice}, {"io": []}, io_bound=["io"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(StallWarning, match=r"^io-bound task 'io' blocked the event loop"):
+            taskmap.run_async(graph)
+
+
 async def blocks_then_fails() -> None:
     time.sleep(0.2)  # noqa: ASYNC251
     await asyncio.sleep(0)
