@@ -7,9 +7,13 @@ processes, aggregate, and load the result into SQLite.
     python examples/etl_pipeline.py              # the database is back: only 'load' runs
 
 It starts its own HTTP server on 127.0.0.1 (a thread serving generated pages), so
-it needs no network.  The fetches are io-bound coroutines on the driver's event
-loop, the parsing is CPU work in worker processes, the load is an io-bound plain
-function in a thread.  If a task fails, only its descendants are not run: the run
+it needs no network.  The pipeline first lists the pages (``/pages``), then
+fetches and parses each one: ``fetch`` and ``parse`` are *expanded* over the
+listing (``create_graph(expand=...)``), so the graph grows one instance per page
+while it runs, each page is parsed as soon as it is fetched, and each is cached
+by its own page number.  The fetches are io-bound coroutines on the driver's
+event loop, the parsing is CPU work in worker processes, the load is an io-bound
+plain function in a thread.  If a task fails, only its descendants are not run: the run
 says which, and the exit status is 1.  Finished values are kept in a cache
 directory (``--cache``, default ``<tmp>/taskmap-etl-example``), next to the
 SQLite database the pipeline loads into.
@@ -57,13 +61,18 @@ class PageHandler(http.server.BaseHTTPRequestHandler):
     """Serves /page/N: a generated text page, slowly, like a real remote service."""
 
     def do_GET(self) -> None:
+        if self.path == "/pages":  # the listing: one page number a line
+            self._send("\n".join(map(str, range(PAGES))).encode())
+            return
         match = re.fullmatch(r"/page/(\d+)", self.path)
         if match is None:
             self.send_error(404)
             return
         time.sleep(0.3)  # network and server latency
         rng = random.Random(int(match.group(1)))
-        body = " ".join(rng.choice(WORDS) for _ in range(20_000)).encode()
+        self._send(" ".join(rng.choice(WORDS) for _ in range(20_000)).encode())
+
+    def _send(self, body: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -83,18 +92,28 @@ def start_server() -> http.server.ThreadingHTTPServer:
 # -- the tasks ---------------------------------------------------------------
 
 
-async def fetch(port: int, page: int) -> str:
-    """Extract: GET a page with a raw HTTP/1.0 request (io-bound, on the event loop)."""
+async def get(port: int, path: str) -> str:
+    """GET a path with a raw HTTP/1.0 request (io-bound, on the event loop)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /page/{page} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
     await writer.drain()
     response = await reader.read()
     writer.close()
     await writer.wait_closed()
     head, _, body = response.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.0 200") and not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"page {page}: {head.splitlines()[0].decode()}")
+        raise RuntimeError(f"{path}: {head.splitlines()[0].decode()}")
     return body.decode()
+
+
+async def list_pages(port: int) -> list[int]:
+    """List what there is to fetch: known only when this runs."""
+    return [int(line) for line in (await get(port, "/pages")).split()]
+
+
+async def fetch(port: int, page: int) -> str:
+    """Extract: one page (expanded: one instance per page of the listing)."""
+    return await get(port, f"/page/{page}")
 
 
 def parse(text: str) -> dict[str, int]:
@@ -105,8 +124,9 @@ def parse(text: str) -> dict[str, int]:
     return dict(counts)
 
 
-def aggregate(*pages: dict[str, int]) -> list[tuple[str, int]]:
-    """Merge every page's counts (CPU-bound, in a worker process)."""
+def aggregate(pages: list[dict[str, int]]) -> list[tuple[str, int]]:
+    """Merge every page's counts (CPU-bound, in a worker process): it gathers the
+    parse instances, so it receives the list of their results in page order."""
     total: collections.Counter[str] = collections.Counter()
     for counts in pages:
         total.update(counts)
@@ -124,31 +144,34 @@ def load(database: str, rows: list[tuple[str, int]]) -> int:
 
 
 def build_graph(port: int, database: str, cache: Path) -> taskmap.Graph:
-    funcs: dict[str, object] = {}
-    dependencies: dict[str, list[str]] = {}
-    for page in range(PAGES):
-        funcs[f"fetch {page}"] = functools.partial(fetch, port, page)
-        dependencies[f"fetch {page}"] = []
-        funcs[f"parse {page}"] = parse
-        dependencies[f"parse {page}"] = [f"fetch {page}"]
-    funcs["aggregate"] = aggregate
-    dependencies["aggregate"] = [f"parse {page}" for page in range(PAGES)]
-    funcs["load"] = functools.partial(load, database)
-    dependencies["load"] = ["aggregate"]
-    io_bound = [f"fetch {page}" for page in range(PAGES)] + ["load"]
-    # The port changes from run to run: give the fetches a version instead of
-    # letting the port, a partial argument, count as a change of their code.
-    versions = {f"fetch {page}": 1 for page in range(PAGES)}
+    funcs = {
+        "pages": functools.partial(list_pages, port),
+        "fetch": functools.partial(fetch, port),  # the page number comes last
+        "parse": parse,
+        "aggregate": aggregate,
+        "load": functools.partial(load, database),
+    }
+    dependencies = {
+        "pages": [],
+        "fetch": ["pages"],
+        "parse": ["fetch"],
+        "aggregate": ["parse"],
+        "load": ["aggregate"],
+    }
     return taskmap.create_graph(
         funcs,
         dependencies,
-        io_bound=io_bound,
+        io_bound=["pages", "fetch", "load"],
+        # one fetch per page of the listing, one parse per fetch (page i with page i)
+        expand={"fetch": "pages", "parse": "fetch"},
         name="etl",
         cache=cache,
-        versions=versions,
-        # a flaky network: try a fetch again, after 0.2 s then 0.4 s
-        retries={f"fetch {page}": taskmap.Retry(2, delay=0.2, on=OSError) for page in range(PAGES)},
-        timeouts={f"fetch {page}": 10 for page in range(PAGES)},
+        # The port changes from run to run: give the tasks that hold it a version
+        # instead of letting the port, a partial argument, count as a change of code.
+        versions={"pages": 1, "fetch": 1},
+        # a flaky network: try a fetch again, after 0.2 s then 0.4 s (each page alone)
+        retries={"fetch": taskmap.Retry(2, delay=0.2, on=OSError)},
+        timeouts={"fetch": 10},
     )
 
 
@@ -174,14 +197,17 @@ def main() -> int:
     server.shutdown()
 
     assert graph.stats.cache is not None  # the graph has a cache
-    failed, cached = graph.failed, graph.stats.cache.hits
-    ran = len(graph.done) - cached - len(failed)
+    # the tasks and instances that ran or were loaded ('fetch' and 'parse' themselves
+    # only gather their instances' results)
+    tasks = [name for name in graph.done if name not in graph.expand]
+    failed, cached = [t for t in graph.failed if t in tasks], graph.stats.cache.hits
+    ran = len(tasks) - cached - len(failed)
     print(
-        f"ran {len(graph.done)} tasks in {elapsed:.2f} s: {cached} from the cache, "
-        f"{ran} run ({len(failed)} failed)"
+        f"ran {len(tasks)} tasks in {elapsed:.2f} s: {cached} from the cache, "
+        f"{ran} run ({len(failed)} failed; {len(graph.results['fetch'])} pages)"
     )
     for why in graph.stats.why.values():
-        if why.runs and not why.task.startswith(("parse", "fetch")):
+        if why.runs and not isinstance(why.task, tuple):  # not each page's instance
             print(f"  {why}")
     for name in failed:
         print(f"  {name}: {graph.results[name]}")

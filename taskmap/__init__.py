@@ -23,6 +23,7 @@ if _typing.TYPE_CHECKING:
     from .draw import to_svg as to_svg
     from .errors import CacheWarning as CacheWarning
     from .errors import CycleError as CycleError
+    from .errors import ExpandError as ExpandError
     from .errors import GraphError as GraphError
     from .errors import GraphvizError as GraphvizError
     from .errors import MissingDependencyError as MissingDependencyError
@@ -40,6 +41,7 @@ if _typing.TYPE_CHECKING:
     from .errors import WorkerCrashedError as WorkerCrashedError
     from .events import RunFinished as RunFinished
     from .events import RunStarted as RunStarted
+    from .events import TaskExpanded as TaskExpanded
     from .events import TaskFailed as TaskFailed
     from .events import TaskFinished as TaskFinished
     from .events import TaskQueued as TaskQueued
@@ -88,6 +90,7 @@ __all__ = [
     "DirectoryStore",
     "Encoder",
     "Encrypted",
+    "ExpandError",
     "Explanation",
     "Graph",
     "GraphError",
@@ -107,6 +110,7 @@ __all__ = [
     "SerializationError",
     "StallWarning",
     "TaskError",
+    "TaskExpanded",
     "TaskFailed",
     "TaskFinished",
     "TaskOutcome",
@@ -176,6 +180,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".errors": (
         "CacheWarning",
         "CycleError",
+        "ExpandError",
         "GraphError",
         "GraphvizError",
         "MissingDependencyError",
@@ -195,6 +200,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
     ".events": (
         "RunFinished",
         "RunStarted",
+        "TaskExpanded",
         "TaskFailed",
         "TaskFinished",
         "TaskQueued",

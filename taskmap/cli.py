@@ -16,7 +16,7 @@ import argparse
 import datetime
 import runpy
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,8 @@ def _recreate(graph: Graph, cache: str, cache_limit: str | None) -> Graph:
         timeouts=dict(policies.timeouts),
         channels=dict(policies.channels),
         priorities=dict(policies.priorities),
+        expand=dict(graph.expand),
+        gather_failures=graph.gather_failures,
     )
 
 
@@ -314,11 +316,21 @@ def _failed_before(graph: Graph, spec: str) -> list[Any]:
             "--rerun-failed needs to know what failed last time: give the graph a cache "
             "(--cache DIR, or create_graph(cache=...))"
         )
-    failed = [t for t, e in explain(graph).items() if e.reason.name == "FAILED_BEFORE"]
+    failed = {
+        _task_of(t, graph) for t, e in explain(graph).items() if e.reason.name == "FAILED_BEFORE"
+    }
     targets = set(failed)
     for task in failed:
         targets |= get_all_children(graph, task)
     return sorted(targets, key=list(graph.dependencies).index)
+
+
+def _task_of(name: Hashable, graph: Graph) -> Hashable:
+    """The expanded task of an instance name ``(task, i)``; else the name itself."""
+    if isinstance(name, tuple) and len(name) == 2 and type(name[1]) is int:
+        task: Hashable = name[0]
+        return task if task in graph.expand else name
+    return name
 
 
 # -- output ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from .errors import GraphvizError, RunStoppedError, UpstreamFailedError
-from .graph import Graph
+from .graph import Graph, instance_items
 from .record import TaskOutcome, TaskStats
 
 __all__ = ["GraphvizError", "to_dot", "to_mermaid", "to_svg"]
@@ -33,6 +33,8 @@ _STATES: dict[str, tuple[str, str, str]] = {
 _SHAPES = "parallelogram = io-bound task, rounded box = CPU task, arrow = dependency -> task"
 _MEANINGS = [meaning for _, _, meaning in _STATES.values()]
 _LEGEND = (", ".join(_MEANINGS[:4]) + ",", ", ".join(_MEANINGS[4:]))
+
+_STACKED = "double outline = expanded task (one instance per item; the count after a run)"
 
 _INSTALL_DOT = (
     "to_svg needs Graphviz's 'dot' program, which is not on PATH: install Graphviz"
@@ -80,7 +82,8 @@ def _seconds(seconds: float) -> str:
 
 
 def _nodes(graph: Graph) -> list[tuple[list[str], bool, str]]:
-    """Per task in ``graph.dependencies`` order: its label lines, io-bound, its state.
+    """Per task in ``graph.dependencies`` order: its label lines, io-bound, its state;
+    an expanded task's lines end with its item count once it has instances.
 
     The last run's row wins when it agrees with the results (it alone knows a task
     was cached, and how long it took); a row that disagrees is stale (the task was
@@ -88,9 +91,15 @@ def _nodes(graph: Graph) -> list[tuple[list[str], bool, str]]:
     """
     done, results, io_bound = set(graph.done), graph.results, graph.io_bound
     rows: dict[Hashable, TaskStats] = graph.stats.tasks
+    items = instance_items(graph)
     nodes = []
     for name in graph.dependencies:
         lines = _label_lines(name)
+        if name in items:
+            count = len(items[name])
+            bad = sum(1 for i in items[name] if isinstance(results.get((name, i)), Exception))
+            failed = f", {bad:,} failed" if bad else ""
+            lines = [*lines, f"{count:,} item{'s' if count != 1 else ''}{failed}"]
         state = _state(name, done, results)
         row = rows.get(name)
         if row is not None and state != "pending":
@@ -161,9 +170,14 @@ def to_dot(graph: Graph) -> str:
         "  rankdir=LR;",
         '  node [shape=box, style="rounded,filled", fontname="Helvetica,Arial,sans-serif"];',
     ]
+    if graph.expand:
+        out.insert(4, f"  // {_STACKED}")
+    expanded = {tid for tid, name in enumerate(graph.dependencies) if name in graph.expand}
     for tid, (lines, io_bound, state) in enumerate(_nodes(graph)):
         fill, border, _ = _STATES[state]
         shape = " shape=parallelogram, style=filled," if io_bound else ""
+        if tid in expanded:  # a stack of instances
+            shape += " peripheries=2,"
         out.append(
             f'  t{tid} [label={_dot_string(lines)},{shape} fillcolor="{fill}", color="{border}"];'
         )
@@ -224,10 +238,16 @@ def to_mermaid(graph: Graph) -> str:
         f"  classDef {state} fill:{fill},stroke:{border},color:#000000"
         for state, (fill, border, _) in _STATES.items()
     )
+    if graph.expand:
+        out.insert(4, "  %% " + _STACKED.replace("double outline", "double-barred box"))
+    expanded = {tid for tid, name in enumerate(graph.dependencies) if name in graph.expand}
     for tid, (lines, io_bound, state) in enumerate(_nodes(graph)):
         # Mermaid rejects an empty label ("")
         label = "<br>".join(line.translate(_MERMAID_ESCAPES) for line in lines) or " "
-        node = f'[/"{label}"/]' if io_bound else f'("{label}")'
+        if tid in expanded:  # a stack of instances: Mermaid's subroutine box
+            node = f'[["{label}"]]'
+        else:
+            node = f'[/"{label}"/]' if io_bound else f'("{label}")'
         out.append(f"  t{tid}{node}:::{state}")
     out.extend(f"  t{parent} --> t{child}" for parent, child in _edges(graph))
     return "\n".join(out) + "\n"

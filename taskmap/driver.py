@@ -19,6 +19,13 @@ With a cache (``create_graph(cache=...)``), a popped task is looked up first
 hit finishes it with the stored value and nothing runs; worker processes start at
 the first miss, so a fully cached rerun starts none.
 
+Expanded tasks (``create_graph(expand=)``): when a task that an expanded task
+is expanded over succeeds, `Outcomes` asks the frontier to grow its instances
+(frontier Rule 6) and extends every per-id list of the run (names, the
+timeline, the cache's, the driver's values) by the same count; an instance is
+then a task like any other.  Its task's gather node, once READY, is finished by
+`Outcomes.gather` with the list of the instances' results, never called.
+
 Policies (``create_graph(retries=, timeouts=)``) are applied here, the same way
 by both drivers: a task that raises and may be retried stays RUNNING in the
 frontier (it keeps its channel slots) and is called again after its backoff; a
@@ -71,6 +78,7 @@ from .events import (
     Observer,
     RunFinished,
     RunStarted,
+    TaskExpanded,
     TaskFailed,
     TaskFinished,
     TaskQueued,
@@ -109,25 +117,33 @@ class Outcomes:
     __slots__ = (
         "cache",
         "ended",
+        "expand_errors",
         "fail_fast",
         "first_failed",
         "first_failure",
         "frontier",
+        "gathers",
         "graph",
         "history",
         "home",
+        "items",
         "names",
+        "on_expanded",
         "on_failed",
         "on_finished",
+        "on_grow",
         "on_queued",
         "on_retrying",
         "on_run",
         "on_run_end",
         "on_skipped",
         "on_started",
+        "prior",
         "random",
         "retries",
+        "sources",
         "special",
+        "tasks",
         "timeline",
         "timeouts",
         "workers",
@@ -141,15 +157,39 @@ class Outcomes:
         fail_fast: bool,
         observers: Sequence[Observer] = (),
         cache: CacheRun | None = None,
+        prior: dict[int, dict[int, bool]] | None = None,
     ) -> None:
         self.graph = graph
         self.frontier = frontier
         self.cache = cache
-        self.names = graph.plan.names
+        #: per task id, its name, and the task whose function it calls (they differ
+        #: for an instance: ``(task, i)`` calls ``task``); lists that grow when expanding
+        self.names: Sequence[Hashable] = graph.plan.names
+        self.tasks: Sequence[Hashable] = self.names
+        #: gather nodes (expanded tasks); the roots their instances grow from
+        self.gathers: set[int] = set(graph.plan.expand)
+        self.sources: set[int] = {s for s in range(frontier.nstatic) if frontier.expanded_over(s)}
+        #: root instance id -> (the dependency it is expanded over, its item)
+        self.items: dict[int, tuple[int, Any]] = {}
+        #: gather node -> why it could not expand (a result that is not iterable)
+        self.expand_errors: dict[int, BaseException] = {}
+        #: per expanded task id, the instances done before this run: item -> failed
+        self.prior = prior or {}
+        #: what else grows with the run's ids (the drivers' own lists): called with the
+        #: count, and whether the listing ran (False: it came from the cache)
+        self.on_grow: list[Callable[[int, bool], None]] = []
+        if self.gathers:
+            self.names, self.tasks = list(self.names), list(self.tasks)
+            if cache is not None:
+                cache.names, cache.parents, cache.tasks = self.names, frontier.parents, self.tasks
+                cache.items = self.items
+                for tid in self.gathers:
+                    cache.keys[tid] = ""  # a gather node is never looked up nor stored
         self.fail_fast = fail_fast
         # one emitter per event class, None when no observer wants it
         self.on_run = fan_out(observers, RunStarted)
         self.on_run_end = fan_out(observers, RunFinished)
+        self.on_expanded = fan_out(observers, TaskExpanded)
         self.on_queued = fan_out(observers, TaskQueued)
         self.on_started = fan_out(observers, TaskStarted)
         self.on_finished = fan_out(observers, TaskFinished)
@@ -165,7 +205,7 @@ class Outcomes:
         #: the failed attempts of tasks being retried: (error, seconds waited after it)
         self.history: dict[int, list[tuple[BaseException, float]]] = {}
         #: the tasks with a retry or a timeout: they take the slower paths
-        self.special = self.retries.keys() | self.timeouts.keys()
+        self.special: set[int] = self.retries.keys() | self.timeouts.keys()
         self.random = random.Random()
         self.timeline = Timeline(len(self.names))
         self.home = MAIN  # the lane of tasks run (or loaded) by the driver itself
@@ -174,13 +214,13 @@ class Outcomes:
         self.workers = 1
 
     def start_run(self) -> None:
-        """Emit the run's start, carry over earlier failures, and queue the first tasks."""
+        """Emit the run's start, carry over earlier failures, grow the instances of
+        roots done before, and queue the first tasks."""
         results = self.graph.results
         for failed, skipped in self.frontier.skipped_at_start:
-            name = self.names[failed]
-            error = results.get(name)
-            # a carried-over skip names its root cause, not itself
-            self._skip(skipped, error.failed if isinstance(error, UpstreamFailedError) else name)
+            self._skip_carried(failed, skipped)
+        for source in self.frontier.pending:
+            self.grow(source, results.get(self.names[source]))
         if self.on_run is not None:
             self.on_run(RunStarted(self.graph.name, self.frontier.unfinished))
         self.queued(self.frontier.ready())
@@ -209,6 +249,114 @@ class Outcomes:
         self.ended = True
         if self.on_run_end is not None:
             self.on_run_end(RunFinished(self.graph.name, interrupted))
+
+    def _skip_carried(self, failed: int, skipped: list[int]) -> None:
+        error = self.graph.results.get(self.names[failed])
+        if isinstance(error, UpstreamFailedError):  # a carried-over skip names its root cause
+            self._skip(skipped, error.failed, error)
+        else:
+            self._skip(skipped, self.names[failed])
+
+    def grow(self, source: int, value: Any, *, ran: bool = False) -> list[int]:
+        """Grow the instances of the tasks expanded over ``source`` (its result is
+        ``value``; ``ran``: it ran in this run), and every per-id list with them;
+        return the ids made READY.
+
+        A result that is not iterable grows none: the tasks expanded over it fail
+        when their gather node is READY.  Mutates the frontier; driver only.
+        """
+        frontier, names, tasks = self.frontier, self.names, self.tasks
+        assert isinstance(names, list)
+        assert isinstance(tasks, list)
+        if type(value) is Shared:  # a worker's value: the driver needs its items
+            value = value.load()
+        members = frontier.expanded_over(source)
+        try:
+            items = list(value)
+        except TypeError:
+            for task in members:
+                if self.graph.plan.expand[task] == source:
+                    self.expand_errors[task] = TypeError(
+                        f"task {names[task]!r} is expanded over {names[source]!r}, whose "
+                        f"result is not iterable (got {type(value).__name__}: {value!r:.60})"
+                    )
+            items = []
+        before = len(names)
+        newly = frontier.grow(source, len(items), self.prior)
+        count = len(frontier.state) - before
+        if not count:
+            return newly
+        for task in members:
+            ids = frontier.instances[task]
+            name = names[task]
+            names.extend([(name, i) for i in range(len(ids))])
+            tasks.extend([name] * len(ids))
+            if self.graph.plan.expand[task] == source:
+                self.items.update(zip(ids, ((source, item) for item in items), strict=True))
+            if task in self.retries:
+                self.retries.update(dict.fromkeys(ids, self.retries[task]))
+            if task in self.timeouts:
+                self.timeouts.update(dict.fromkeys(ids, self.timeouts[task]))
+            if task in self.special:
+                self.special.update(ids)  # in place: the drivers hold it
+        self.timeline.grow(count)
+        if self.cache is not None:
+            self.cache.grow(count)
+        for extend in self.on_grow:
+            extend(count, ran)
+        if self.on_expanded is not None:
+            for task in members:
+                self.on_expanded(TaskExpanded(names[task], len(frontier.instances[task])))
+        carried, frontier.carried = frontier.carried, []
+        for failed, skipped in carried:
+            self._skip_carried(failed, skipped)
+        return newly
+
+    def gather(self, tid: int) -> Any:
+        """Finish a READY (popped) gather node: its task's results, in item order.
+
+        With failed instances, fails it with an `UpstreamFailedError` naming them,
+        unless the graph gathers with ``gather_failures='skip'``.  Returns its value
+        (an exception when it failed).
+        """
+        error = self.expand_errors.pop(tid, None)
+        if error is not None:
+            self.failed(tid, error)
+            return error
+        names, results = self.names, self.graph.results
+        values = []
+        failures: dict[Hashable, None] = {}
+        instances = self.frontier.instances.get(tid, range(0))
+        for t in instances:
+            name = names[t]
+            value = results.get(name)
+            if type(value) is Shared:  # mapped, not copied; the handle stays for the
+                value = value.load()  # instances still to take it (and `materialise`)
+            if isinstance(value, BaseException):
+                failures[value.failed if isinstance(value, UpstreamFailedError) else name] = None
+            else:
+                values.append(value)
+        if failures and self.graph.gather_failures == "raise":
+            error = UpstreamFailedError(names[tid], next(iter(failures)), list(failures))
+            self.failed(tid, error)
+            return error
+        # every instance loaded from the cache (or done before): so is the list
+        outcome = self.timeline.outcome
+        cached = bool(instances) and all(outcome[t] in (CACHED, 0) for t in instances)
+        self.succeeded(tid, values, cached=cached)
+        return values
+
+    def instance_args(self, tid: int, value: Callable[[int], Any]) -> list[Any]:
+        """A root instance's arguments: its item in its dependency's place (even None),
+        the other dependencies' values (``value(id)``) that are not None."""
+        source, item = self.items[tid]
+        args = []
+        for p in self.frontier.parents[tid]:
+            if p == source:
+                args.append(item)
+            elif (v := value(p)) is not None:
+                args.append(v)
+        return args
 
     def queued(self, tids: list[int]) -> None:
         if self.on_queued is not None:
@@ -280,7 +428,12 @@ class Outcomes:
                 if encoded is None and type(value) is Shared:
                     value = value.load()  # to encode it here: a mapping, no copy
                 self.cache.stored(tid, value, encoded)
-        newly = self.frontier.finish(tid)
+        if self.sources and tid in self.sources:  # instances grow before it finishes
+            grown = self.grow(tid, value, ran=not cached)
+            newly = self.frontier.finish(tid)
+            newly.extend(grown)
+        else:
+            newly = self.frontier.finish(tid)
         if self.on_finished is not None:
             self.on_finished(TaskFinished(name, cached))
         if newly and self.on_queued is not None:
@@ -306,7 +459,13 @@ class Outcomes:
         if skipped:
             count = len(skipped)
             error.add_note(f"{count} descendant{'s' if count > 1 else ''} not run")
-            self._skip(skipped, name)
+            if isinstance(error, UpstreamFailedError):  # a gather: its instances failed
+                self._skip(skipped, error.failed, error)
+            else:
+                self._skip(skipped, name)
+        if self.frontier.woken:  # gather nodes the failure completed
+            woken, self.frontier.woken = self.frontier.woken, []
+            self.queued(woken)
         if self.first_failure is None:
             self.first_failure, self.first_failed = error, name
             if self.fail_fast:
@@ -329,10 +488,16 @@ class Outcomes:
             lines.append(f"  attempt {attempt}: {what} (retried after {delay:.3g} s)")
         error.add_note("\n".join(lines))
 
-    def _skip(self, tids: list[int], failed: Hashable) -> None:
+    def _skip(
+        self, tids: list[int], failed: Hashable, cause: UpstreamFailedError | None = None
+    ) -> None:
         names = self.names
+        failures = None if cause is None else cause.failures
         for tid in tids:
-            self._not_run(tid, UpstreamFailedError(names[tid], failed))
+            self._not_run(tid, UpstreamFailedError(names[tid], failed, failures))
+        if self.frontier.woken:  # gather nodes the skips completed
+            woken, self.frontier.woken = self.frontier.woken, []
+            self.queued(woken)
 
     def _not_run(self, tid: int, error: BaseException) -> None:
         name = self.names[tid]
@@ -359,7 +524,8 @@ else:  # 3.11 has no eager start; stepping the coroutine by hand would run it ou
 
 
 def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> None:
-    """Explain a TypeError raised by the call itself (arguments that do not fit)."""
+    """Explain a TypeError raised by the call itself (arguments that do not fit);
+    ``name`` is the task's (an instance's task)."""
     if isinstance(exc, TypeError) and exc.__traceback__ and exc.__traceback__.tb_next is None:
         deps = list(graph.dependencies[name])
         count = f"{nargs} positional argument(s)" if nargs >= 0 else "the positional arguments"
@@ -372,7 +538,9 @@ def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> N
 def drive_sync(outcomes: Outcomes) -> None:
     """Run every task in this thread, one at a time, in frontier order."""
     graph, frontier = outcomes.graph, outcomes.frontier
-    names, parents, funcs = graph.plan.names, graph.plan.parents, graph.funcs
+    # the run's lists (they grow when expanding): an instance calls its task's function
+    names, tasks, parents, funcs = outcomes.names, outcomes.tasks, frontier.parents, graph.funcs
+    gathers, items = outcomes.gathers, outcomes.items
     pop, succeeded, on_started = frontier.pop_ready, outcomes.succeeded, outcomes.on_started
     cache = outcomes.cache
     timeline = outcomes.timeline
@@ -382,18 +550,25 @@ def drive_sync(outcomes: Outcomes) -> None:
     # values by id: cheaper to reach than graph.results by name on large graphs
     get = graph.results.get
     values = [get(name) for name in names] if graph.done else [None] * len(names)
+    outcomes.on_grow.append(lambda *_: values.extend([get(n) for n in names[len(values) :]]))
     loop = _LazyLoop()
     outcomes.start_run()
     try:
         while (tid := pop()) >= 0:
-            name = names[tid]
+            name = tasks[tid]
+            if gathers and tid in gathers:
+                values[tid] = outcomes.gather(tid)
+                continue
             if cache is not None:
                 hit, value = outcomes.lookup(tid)
                 if hit:
                     values[tid] = value
                     succeeded(tid, value, cached=True)
                     continue
-            args = [v for p in parents[tid] if (v := values[p]) is not None]
+            if items and tid in items:
+                args = outcomes.instance_args(tid, values.__getitem__)
+            else:
+                args = [v for p in parents[tid] if (v := values[p]) is not None]
             if tid in special:
                 ok, value = _call_with_policies(outcomes, loop, tid, funcs[name], args)
                 if ok:
@@ -462,7 +637,7 @@ def _call_with_policies(
                 value = loop.get().run(value)
             return True, value
         except Exception as exc:
-            call_note(exc, name, graph, len(args))
+            call_note(exc, outcomes.tasks[tid], graph, len(args))
             delay = outcomes.retry_delay(tid, exc)
             if delay is None:
                 outcomes.failed(tid, exc)
@@ -526,13 +701,21 @@ class AsyncDriver:
         # drop_results: how many children of each task have yet to take its result
         self.consumers: list[int] | None = None
         if drop_results:
-            self.consumers = [len(c) for c in self.graph.plan.children]
+            consumers = self.consumers = [len(c) for c in self.graph.plan.children]
             for tid in targets:
-                self.consumers[tid] = -1  # a target's result is always kept
+                consumers[tid] = -1  # a target's result is always kept
+            plan = self.graph.plan
+            for tid in plan.expand:  # each instance takes these: keep them, and instances'
+                for p in plan.parents[tid]:
+                    consumers[p] = -1
+            if plan.expand:
+                outcomes.on_grow.append(lambda count, _: consumers.extend([-1] * count))
         #: per task: its value may stay in the worker that makes it (`_holdable`)
         self.hold = self._holdable() if drop_results and backend is not None else None
         #: the lane of a task sent to the backend, until the backend says which worker
         self.worker_lane = outcomes.timeline.lane_id("worker")
+        if backend is not None and self.graph.expand:
+            outcomes.on_grow.append(self._grown)
 
     def _holdable(self) -> list[bool] | None:
         """Zero-copy chains: which values may stay in the worker that makes them, for
@@ -543,6 +726,8 @@ class AsyncDriver:
         cache: a stored value is one the driver writes."""
         outcomes, frontier, consumers = self.outcomes, self.frontier, self.consumers
         if outcomes.cache is not None or outcomes.timeouts or consumers is None:
+            return None
+        if self.graph.expand:  # instances are gathered by the driver: values come to it
             return None
         anywhere = self.all_on_backend
         hold = [False] * len(consumers)
@@ -629,13 +814,26 @@ class AsyncDriver:
         backend.start(self._backend_tasks() + running)
         self.backend_started = True
 
+    def _grown(self, count: int, ran: bool) -> None:
+        """A listing that ran (it was not cached) likely brings new items: with a
+        cache, start the workers now, while its instances are looked up, rather than
+        at their first miss (a fully cached rerun, whose listing is cached too,
+        still starts none)."""
+        backend = self.backend
+        started = self.backend_started
+        if ran and count and backend is not None and not started and self._backend_tasks():
+            self._start_backend(backend, 0)
+
     def _capacity(self, backend: Backend) -> int:
         # before the backend starts (a cache lookup comes first), take one task
         return backend.capacity() if self.backend_started else 1
 
     def _backend_tasks(self) -> int:
-        """How many tasks of this run go to the backend (they are all in the frontier)."""
-        state, frontier = self.frontier.state, self.frontier
+        """How many tasks of this run go to the backend (they are all in the frontier,
+        but for the instances of expanded tasks: then as many as may come)."""
+        state, frontier, graph = self.frontier.state, self.frontier, self.graph
+        if any(self.all_on_backend or t not in graph.io_bound for t in graph.expand):
+            return sys.maxsize
         waiting = (TaskState.WAITING, TaskState.READY)
         return sum(
             1
@@ -685,18 +883,22 @@ class AsyncDriver:
             self.finished.set_result(None)
 
     def _args(self, tid: int) -> list[Any]:
-        """The task's arguments: its dependencies' results that are not None."""
+        """The task's arguments: its dependencies' results that are not None (a root
+        instance: its item in its dependency's place)."""
         graph = self.graph
         results = graph.results
-        args = [
-            r
-            for d in graph.dependencies[graph.plan.names[tid]]
-            if (r := results.get(d)) is not None
-        ]
+        names = self.outcomes.names
+        if tid >= self.frontier.nstatic:  # an instance: its item, or its paired inputs
+            if tid in self.outcomes.items:
+                args = self.outcomes.instance_args(tid, lambda p: results.get(names[p]))
+            else:
+                parents = self.frontier.parents[tid]
+                args = [r for p in parents if (r := results.get(names[p])) is not None]
+        else:
+            args = [r for d in graph.dependencies[names[tid]] if (r := results.get(d)) is not None]
         consumers = self.consumers
         if consumers is not None:
-            names = graph.plan.names
-            for p in graph.plan.parents[tid]:
+            for p in self.frontier.parents[tid]:
                 consumers[p] -= 1
                 if consumers[p] == 0:
                     results.pop(names[p], None)
@@ -713,6 +915,9 @@ class AsyncDriver:
 
     def _start_here(self, tid: int) -> None:
         """Run a task in this process: on the loop, inline, or in a thread."""
+        if self.outcomes.gathers and tid in self.outcomes.gathers:
+            self.outcomes.gather(tid)
+            return
         if self.outcomes.cache is not None and self._cached(tid):
             return
         args = self._args(tid)
@@ -723,8 +928,8 @@ class AsyncDriver:
 
     def _run_here(self, tid: int, args: list[Any]) -> None:
         outcomes, graph = self.outcomes, self.graph
-        name = graph.plan.names[tid]
-        func = graph.funcs[name]
+        name, task = outcomes.names[tid], outcomes.tasks[tid]
+        func = graph.funcs[task]
         seconds = None
         if outcomes.special and tid in outcomes.special:
             seconds = outcomes.timeouts.get(tid)
@@ -750,7 +955,7 @@ class AsyncDriver:
         try:
             value = func(*args)
         except Exception as exc:
-            call_note(exc, name, graph, len(args))
+            call_note(exc, task, graph, len(args))
             self._failed(tid, exc)
             return
         finally:
@@ -793,6 +998,9 @@ class AsyncDriver:
                 self.finished.set_exception(exc)
 
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
+        if self.outcomes.gathers and tid in self.outcomes.gathers:
+            self.outcomes.gather(tid)
+            return
         if self.outcomes.cache is not None and self._cached(tid):
             return
         if not self.backend_started:
@@ -801,7 +1009,7 @@ class AsyncDriver:
 
     def _submit(self, tid: int, args: list[Any], backend: Backend) -> None:
         outcomes = self.outcomes
-        name = self.graph.plan.names[tid]
+        name = outcomes.names[tid]
         if tid in outcomes.retries:
             self.retry_args[tid] = args
         try:
@@ -809,7 +1017,7 @@ class AsyncDriver:
             future = backend.submit(
                 tid,
                 name,
-                self.graph.funcs[name],
+                self.graph.funcs[outcomes.tasks[tid]],
                 args,
                 timeout=outcomes.timeouts.get(tid),
                 post=None if cache is None else cache.encoder_for(tid),
@@ -847,7 +1055,7 @@ class AsyncDriver:
             self.outcomes.cancelled(tid)
         elif (exc := future.exception()) is not None:
             if isinstance(exc, TypeError):
-                call_note(exc, self.graph.plan.names[tid], self.graph, -1)
+                call_note(exc, self.outcomes.tasks[tid], self.graph, -1)
             self._failed(tid, exc)
         else:
             value = future.result()
@@ -902,7 +1110,9 @@ class AsyncDriver:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self.threads is None:
-            io = sum(1 for t in self.graph.plan.names if t in self.graph.io_bound)
+            graph = self.graph
+            io = sum(1 for t in graph.plan.names if t in graph.io_bound)
+            io += 64 * sum(1 for t in graph.expand if t in graph.io_bound)  # instances
             self.threads = ThreadPoolExecutor(
                 max_workers=max(1, min(64, io)), thread_name_prefix=f"{self.graph.name}-io"
             )

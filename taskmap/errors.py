@@ -8,6 +8,7 @@ The hierarchy::
     │   ├── MissingDependencyError     a task depends on a name that is not a task
     │   ├── MissingFunctionError       a task in ``dependencies`` has no function
     │   ├── NotCallableError           a value in ``funcs`` is not callable
+    │   ├── ExpandError                ``expand=`` names a task it cannot expand
     │   └── UnknownTaskError           io_bound / done / targets / ... name a non-task
     ├── TaskError                      recorded as a task's result: why it has no value
     │   ├── UpstreamFailedError        not run: a dependency failed or was not run
@@ -37,6 +38,7 @@ from collections.abc import Hashable, Iterable, Sequence
 __all__ = [
     "CacheWarning",
     "CycleError",
+    "ExpandError",
     "GraphError",
     "GraphvizError",
     "MissingDependencyError",
@@ -169,6 +171,23 @@ class NotCallableError(GraphError):
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
+class ExpandError(GraphError):
+    """``expand=`` asks for an expansion that cannot be: the task does not depend on
+    what it is expanded over, it is expanded over more than one dependency, or the
+    expand chain has a cycle.
+
+    Attributes:
+        task: the expanded task the error is about.
+    """
+
+    def __init__(self, task: Hashable, message: str) -> None:
+        self.task = task
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.args[0]))
+
+
 class UnknownTaskError(GraphError, KeyError):
     """A name given where a task is expected (io_bound, done, targets...) is not a task.
 
@@ -220,17 +239,30 @@ class TaskError(TaskmapError):
 class UpstreamFailedError(TaskError):
     """The task was not run because a dependency failed (or was itself not run).
 
+    An expanded task's gathered results (``create_graph(expand=...)``) fail with it
+    when instances failed: it names every failed instance, and so does the error of
+    each task downstream.
+
     Attributes:
         task: the task that was not run.
-        failed: the task whose failure caused it: the root cause, not the parent.
+        failed: the task whose failure caused it: the root cause, not the parent
+            (the first failed instance, for a gather).
+        failures: every root cause: ``[failed]``, or a gather's failed instances.
     """
 
-    def __init__(self, task: Hashable, failed: Hashable) -> None:
+    def __init__(
+        self, task: Hashable, failed: Hashable, failures: Sequence[Hashable] | None = None
+    ) -> None:
         self.failed = failed
-        super().__init__(task, f"task {task!r} not run: its ancestor {failed!r} failed")
+        self.failures = [failed] if failures is None else list(failures)
+        if len(self.failures) > 1:
+            what = f"instances {format_names(self.failures)} failed"
+        else:
+            what = f"ancestor {failed!r} failed"
+        super().__init__(task, f"task {task!r} not run: its {what}")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.task, self.failed))
+        return (type(self), (self.task, self.failed, self.failures))
 
 
 class RunStoppedError(TaskError):

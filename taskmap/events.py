@@ -16,6 +16,7 @@ __all__ = [
     "Observer",
     "RunFinished",
     "RunStarted",
+    "TaskExpanded",
     "TaskFailed",
     "TaskFinished",
     "TaskQueued",
@@ -32,6 +33,15 @@ class RunStarted:
 
     graph: str
     tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskExpanded:
+    """The expanded task grew ``instances`` instances, ``(task, 0)`` on: the run has
+    that many more tasks to finish or skip."""
+
+    task: Hashable
+    instances: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,7 @@ class RunFinished:
 
 Event = (
     RunStarted
+    | TaskExpanded
     | TaskQueued
     | TaskStarted
     | TaskFinished
@@ -111,6 +122,7 @@ per successful task."""
 
 EVENT_TYPES = (
     RunStarted,
+    TaskExpanded,
     TaskQueued,
     TaskStarted,
     TaskFinished,

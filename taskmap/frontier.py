@@ -19,6 +19,17 @@ Rule 5: with limits, a task runs only while each of its channels has a free slot
         channel's queue; each slot a finishing task frees wakes one held task back
         to the front of the ready queues.  Priorities order the ready queues, after
         Rule 2.
+Rule 6: a graph may grow while it runs.  An expanded task (``create_graph(expand=)``)
+        keeps its id as a *gather node*; when the dependency at the root of its
+        expand chain finishes with ``count`` items, `grow` appends ``count``
+        *instances* per task of the chain, in O(items): new ids at the end of every
+        per-task list, nothing rebuilt.  Instance i of a task expanded over an
+        expanded task depends on instance i of it (no barrier between the
+        stages); every instance inherits its task's other dependencies, io flag,
+        priority and channels.  The gather node waits for its own dependencies
+        and for each of its instances however it ends: a failed or skipped
+        instance skips only its own paired instances (Rule 3 stops at the gather
+        node), and the driver decides what the gather node does with failures.
 
 States (one byte per task, ``state[tid]``)::
 
@@ -27,7 +38,10 @@ States (one byte per task, ``state[tid]``)::
        │         │         ├────► FAILED ──► descendants WAITING ─► SKIPPED
        └─────────┴─────────┴────► STOPPED   (fail_fast: not started, or cancelled)
 
-Fields: ``waiting[tid]`` counts the dependency edges of ``tid`` not yet finished;
+Fields: ``parents[tid]`` / ``children[tid]`` are the run's edges (the plan's, then
+the instances'); ``origin[tid]`` is the expanded task of an instance (itself for
+a task; None without expansion), ``instances[task]`` the range of its instance
+ids; ``waiting[tid]`` counts the dependency edges of ``tid`` not yet finished;
 ``ready_io`` / ``ready_cpu`` are FIFO queues of READY ids (heaps ``_heap_io`` /
 ``_heap`` replace them when tasks have priorities); ``_channels[tid]`` are the
 ids of the limited channels of a task, ``_free[c]`` the free slots of channel
@@ -72,14 +86,23 @@ class Frontier:
     """
 
     __slots__ = (
+        "_chains",
         "_channels",
         "_children",
+        "_expand",
         "_free",
         "_heap",
         "_heap_io",
         "_held",
         "_io",
         "_priority",
+        "_template",
+        "carried",
+        "instances",
+        "nstatic",
+        "origin",
+        "parents",
+        "pending",
         "ready_cpu",
         "ready_io",
         "running",
@@ -87,6 +110,7 @@ class Frontier:
         "state",
         "unfinished",
         "waiting",
+        "woken",
     )
 
     def __init__(
@@ -116,8 +140,9 @@ class Frontier:
             channels: per task, the ids of its limited channels (None: no limits).
             limits: per channel id, how many of its tasks may run at once.
         """
-        n = len(plan.names)
-        self._children = plan.children
+        n = self.nstatic = len(plan.names)
+        self._children: list[Sequence[int]] | tuple[tuple[int, ...], ...] = plan.children
+        self.parents: list[Sequence[int]] | tuple[tuple[int, ...], ...] = plan.parents
         self._io = bytearray(n)
         for tid in io:
             self._io[tid] = 1
@@ -127,6 +152,19 @@ class Frontier:
         self._heap: list[tuple[int, int]] | None = None if priority is None else []
         self._heap_io: list[tuple[int, int]] | None = None if priority is None else []
         self._channels = channels
+        #: gather nodes made READY by a failure (`fail` returns what it skipped)
+        self.woken: list[int] = []
+        #: (failed instance done before, ids it skips), from `grow`
+        self.carried: list[tuple[int, list[int]]] = []
+        self._expand = plan.expand
+        self.origin: list[int] | None = None
+        self.instances: dict[int, range] = {}
+        #: root dependency -> the tasks expanded over it, directly or along a chain
+        self._chains: dict[int, list[int]] = {}
+        #: expanded task -> what its instances inherit: io flag, priority, channels
+        self._template: dict[int, tuple[int, int, Sequence[int]]] = {}
+        #: roots done before the run whose chains still grow (`grow` at the start)
+        self.pending: list[int] = []
         self._free = list(limits)
         self._held: list[deque[int]] = [deque() for _ in limits]
         self.running = 0
@@ -147,9 +185,43 @@ class Frontier:
         self.unfinished = state.count(_WAITING)
         #: (failed id, ids it skips) for each failure carried over from an earlier run
         self.skipped_at_start = [(tid, self._skip_from([tid], _OUT)) for tid in failed]
+        later = self._prepare_expansion(plan) if plan.expand else ()
         for tid, w in enumerate(waiting):
-            if not w and state[tid] == _WAITING:
+            if not w and state[tid] == _WAITING and tid not in later:
                 self._make_ready(tid)
+
+    def _prepare_expansion(self, plan: Plan) -> set[int]:
+        """Make the lists growable, note each chain and what its instances inherit, and
+        return the gather nodes that wait for a `grow` at the start of the run."""
+        n = self.nstatic
+        self._children = list(self._children)
+        self.parents = list(self.parents)
+        self.origin = list(range(n))
+        if self._priority is not None:
+            self._priority = list(self._priority)
+        if self._channels is not None:
+            self._channels = list(self._channels)
+        expand, later = self._expand, set()
+        for tid in plan.order:  # parents first: a chain's tasks in the order they grow
+            if tid not in expand:
+                continue
+            root = tid
+            while root in expand:
+                root = expand[root]
+            self._chains.setdefault(root, []).append(tid)
+            self._template[tid] = (
+                self._io[tid],
+                0 if self._priority is None else self._priority[tid],
+                () if self._channels is None else self._channels[tid],
+            )
+            self._io[tid] = 1  # a gather node is handed out at once, never to a backend
+            if self._channels is not None:
+                self._channels[tid] = ()
+            if self.state[root] == _OUT and self.state[tid] == _WAITING:
+                later.add(tid)
+                if root not in self.pending:
+                    self.pending.append(root)
+        return later
 
     # -- queries ------------------------------------------------------------
 
@@ -165,6 +237,10 @@ class Frontier:
         """Whether an io-bound task is READY to be handed out."""
         return bool(self.ready_io or self._heap_io)
 
+    def expanded_over(self, source: int) -> list[int]:
+        """The tasks that grow instances when ``source`` finishes (Rule 6), in order."""
+        return self._chains.get(source, [])
+
     def ready(self) -> list[int]:
         """The READY ids, io-bound first, in the order they will be handed out; then
         the tasks held for a channel slot."""
@@ -178,6 +254,122 @@ class Frontier:
         ]
 
     # -- transitions --------------------------------------------------------
+
+    def grow(
+        self, source: int, count: int, done: dict[int, dict[int, bool]] | None = None
+    ) -> list[int]:
+        """Append the instances of the tasks expanded over ``source``: ``count`` each (Rule 6).
+
+        Call when ``source`` succeeds, before `finish` (its instances then become
+        READY), or at the start of the run for a ``source`` done before.  ``done``:
+        per expanded task, the instances done before (item -> failed): they are
+        not run, and a failed one skips its paired instances (see ``carried``).
+        Returns the ids made READY now.  O(count x tasks of the chain).
+        """
+        members = self._chains.get(source, ())
+        state, waiting, parents, children = self.state, self.waiting, self.parents, self._children
+        origin = self.origin
+        assert origin is not None
+        assert isinstance(parents, list)
+        assert isinstance(children, list)
+        if not any(state[t] == _WAITING for t in members):
+            return []
+        newly: list[int] = []
+        carried: list[int] = []
+        for task in members:
+            start = len(state)
+            ids = self.instances[task] = range(start, start + count)
+            over = self._expand[task]
+            pairs = self.instances.get(over) if over != source else None
+            live = state[task] == _WAITING
+            before = (done or {}).get(task, {})
+            static = parents[task]
+            if live and not before:  # the common case, in bulk
+                self._grow_fresh(task, ids, static, over, pairs)
+                self._inherit(task, count)
+                continue
+            extra: dict[int, list[int]] = {}  # task dependencies -> instances waiting for them
+            for i, tid in enumerate(ids):
+                ps = tuple([pairs[i] if p == over else p for p in static]) if pairs else static
+                parents.append(ps)
+                origin.append(task)
+                children.append([])
+                w = 0
+                if live and i not in before:
+                    for p in ps:
+                        if p >= self.nstatic:  # its paired instance
+                            children[p].append(tid)  # type: ignore[attr-defined]
+                            w += state[p] != _OUT
+                        elif state[p] not in (_DONE, _OUT):
+                            extra.setdefault(p, []).append(tid)
+                            w += 1
+                    children[tid].append(task)  # type: ignore[attr-defined]
+                    waiting[task] += 1
+                waiting.append(w)
+                state.append(_WAITING if live and i not in before else _OUT)
+                if before.get(i):
+                    carried.append(tid)
+            self._inherit(task, count)
+            for p, kids in extra.items():
+                children[p] = (*children[p], *kids)
+            if live:
+                self.unfinished += count - sum(1 for i in before if i < count)
+        for tid in carried:  # failed before: its paired instances do not run
+            self.carried.append((tid, self._skip_from([tid], _OUT)))
+        for tid in range(len(state) - count * len(members), len(state)):
+            if state[tid] == _WAITING and not waiting[tid]:
+                self._make_ready(tid)
+                newly.append(tid)
+        for task in members:
+            if state[task] == _WAITING and not waiting[task]:
+                self._make_ready(task)
+                newly.append(task)
+        return newly
+
+    def _grow_fresh(
+        self, task: int, ids: range, static: Sequence[int], over: int, pairs: range | None
+    ) -> None:
+        """Append the instances ``ids`` of a task in this run, none done before: the
+        per-id lists in bulk (`grow` for the general case)."""
+        state, waiting, parents, children = self.state, self.waiting, self.parents, self._children
+        assert self.origin is not None
+        assert isinstance(parents, list)
+        assert isinstance(children, list)
+        count = len(ids)
+        # the task's dependencies not finished (its source too, when it is the root),
+        # once per edge: every instance waits for them
+        waits = [
+            p for p in static if state[p] not in (_DONE, _OUT) and (pairs is None or p != over)
+        ]
+        if pairs is None:
+            parents.extend([static] * count)
+            waiting.extend([len(waits)] * count)
+        else:
+            edges = static.count(over)
+            if static == (over,):
+                parents.extend([(p,) for p in pairs])
+            else:
+                parents.extend([tuple([q if p == over else p for p in static]) for q in pairs])
+            waiting.extend([len(waits) + edges * (state[q] != _OUT) for q in pairs])
+            for q, tid in zip(pairs, ids, strict=True):
+                for _ in range(edges):
+                    children[q].append(tid)  # type: ignore[attr-defined]
+        for p in waits:
+            children[p] = (*children[p], *ids)
+        self.origin.extend([task] * count)
+        children.extend([[task] for _ in ids])
+        waiting[task] += count
+        state.extend(bytes([_WAITING]) * count)
+        self.unfinished += count
+
+    def _inherit(self, task: int, count: int) -> None:
+        """Give ``count`` new instances their task's io flag, priority and channels."""
+        io, priority, channels = self._template[task]
+        self._io.extend(bytes([io]) * count)
+        if self._priority is not None:
+            self._priority.extend([priority] * count)  # type: ignore[attr-defined]
+        if self._channels is not None:
+            self._channels.extend([channels] * count)  # type: ignore[attr-defined]
 
     def pop_ready(self) -> int:
         """Hand out the next READY task (io-bound first) and mark it RUNNING; -1 if none."""
@@ -342,13 +534,22 @@ class Frontier:
                 self.ready_cpu.appendleft(tid)
 
     def _skip_from(self, roots: Iterable[int], expected: int) -> list[int]:
-        """Skip every WAITING descendant of ``roots``. O(descendants' edges)."""
-        state, children = self.state, self._children
+        """Skip every WAITING descendant of ``roots``, stopping at gather nodes (Rule
+        6: an instance's end counts for its gather node, which may become READY and
+        is then listed in ``woken``). O(descendants' edges)."""
+        state, children, origin = self.state, self._children, self.origin
         skipped = []
         stack = [tid for tid in roots if state[tid] == expected]
         while stack:
-            for child in children[stack.pop()]:
+            tid = stack.pop()
+            for child in children[tid]:
                 if state[child] == _WAITING:
+                    if origin is not None and origin[tid] == child and tid != child:
+                        self.waiting[child] -= 1
+                        if not self.waiting[child]:
+                            self._make_ready(child)
+                            self.woken.append(child)
+                        continue
                     state[child] = _SKIPPED
                     skipped.append(child)
                     stack.append(child)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from .checkpoint import (
+    NOT_LOADED,
     CacheEntry,
     CacheRun,
     Checkpoint,
@@ -32,12 +33,14 @@ from .checkpoint import (
 )
 from .errors import (
     CycleError,
+    ExpandError,
     MissingDependencyError,
     MissingFunctionError,
     NoStoredResultError,
     NotCallableError,
     UnknownTaskError,
     UpstreamFailedError,
+    _did_you_mean,
     with_article,
 )
 from .policies import Policies, Retry, make_policies
@@ -63,6 +66,7 @@ __all__ = [
 ]
 
 Task = Hashable
+GatherFailures = Literal["raise", "skip"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,8 @@ class Plan:
 
     ``names[tid]`` is a task's name, ``index[name]`` its id; ``parents[tid]`` are
     the ids of its dependencies in argument order (repeats kept), ``children[tid]``
-    the ids of the tasks that depend on it (once per dependency edge).
+    the ids of the tasks that depend on it (once per dependency edge);
+    ``expand[tid]`` the id of the dependency an expanded task is expanded over.
     """
 
     names: tuple[Task, ...]
@@ -79,6 +84,7 @@ class Plan:
     parents: tuple[tuple[int, ...], ...]
     children: tuple[tuple[int, ...], ...]
     order: list[int]  # a topological order: parents before children
+    expand: dict[int, int] = field(default_factory=dict)
 
     def heights(self) -> list[int]:
         """Per task, the number of tasks on the longest path from it to a sink (itself
@@ -147,6 +153,8 @@ class Graph:
         checkpoint: the graph's cache (`create_graph`'s ``cache=``), or None.
         policies: the tasks' retries, timeouts, channels and priorities.
         stats: what the last run did (a `RunStats`; empty before the first run).
+        expand: expanded task -> the dependency it is expanded over (read-only).
+        gather_failures: ``'raise'`` or ``'skip'``, as given to `create_graph`.
     """
 
     funcs: dict[Task, Callable[..., Any]]
@@ -160,6 +168,8 @@ class Graph:
     checkpoint: Checkpoint | None = field(default=None, repr=False)
     policies: Policies = field(default_factory=Policies, repr=False)
     stats: RunStats = field(default_factory=RunStats, repr=False)
+    expand: Mapping[Task, Task] = field(default_factory=lambda: MappingProxyType({}))
+    gather_failures: GatherFailures = "raise"
 
     @property
     def failed(self) -> list[Task]:
@@ -184,6 +194,8 @@ class Graph:
             self.logging_config,
             self.checkpoint,
             self.policies,
+            dict(self.expand),
+            self.gather_failures,
         )
         return (_restore, state)
 
@@ -198,12 +210,15 @@ class Graph:
         results, done = self.results, set(self.done)
         skipped = [t for t in self.done if isinstance(results.get(t), UpstreamFailedError)]
         failed = [t for t in self.failed if not isinstance(results[t], UpstreamFailedError)]
+        tasks = len(self.dependencies)
+        if self.expand:  # the instances grown so far are tasks too
+            tasks += len(self.done) - len(static_names(self.done, self.expand))
         counts = {
-            "tasks": len(self.dependencies),
+            "tasks": tasks,
             "done": len(done) - len(failed) - len(skipped),
             "failed": len(failed),
             "skipped": len(skipped),
-            "not run": len(self.dependencies) - len(done),
+            "not run": tasks - len(done),
         }
         cells = "".join(f"<td>{n:,} {html.escape(state)}</td>" for state, n in counts.items())
         parts = [f"<b>Graph {html.escape(repr(self.name))}</b>", f"<table><tr>{cells}</tr></table>"]
@@ -241,6 +256,8 @@ def create_graph(
     timeouts: Mapping[Any, float] | None = None,
     channels: Mapping[Any, str | Iterable[str]] | None = None,
     priorities: Mapping[Any, float] | None = None,
+    expand: Mapping[Any, Any] | None = None,
+    gather_failures: GatherFailures = "raise",
 ) -> Graph:
     """Validate a dependency graph and return it ready to run.
 
@@ -293,6 +310,19 @@ def create_graph(
             caps how many tasks of a channel run at once (``{'db': 2}``).
         priorities: task -> a number; among ready tasks the highest starts first
             (io-bound tasks still start before the others).
+        expand: task -> one of its dependencies: the task runs once per item of
+            that dependency's result (any iterable), the item in the dependency's
+            place among its arguments.  An *instance* is named ``(task, i)``; it
+            is a task to every runner, the cache (keyed by its own item), the
+            policies and the observers.  A task expanded over an expanded task
+            pairs item i with item i, and instance i starts as soon as its own
+            input is ready.  Any other task depending on an expanded task gets the
+            list of its results, in item order, once every instance is done
+            (``graph.results[task]`` is that list).
+        gather_failures: when instances failed, ``'raise'`` (default) fails the
+            expanded task's list, and so every task gathering it, with an
+            `UpstreamFailedError` naming them; ``'skip'`` gathers the results of
+            the others (``graph.failed`` still lists the failed instances).
 
     Returns:
         The `Graph`.
@@ -303,7 +333,9 @@ def create_graph(
         MissingFunctionError: a task has no function in ``funcs``.
         NotCallableError: a task's function is not callable.
         UnknownTaskError: ``io_bound``, ``done``, ``results``, ``uncached``,
-            ``versions``, ``encoders`` or a policy names a non-task.
+            ``versions``, ``encoders``, ``expand`` or a policy names a non-task.
+        ExpandError: a task is expanded over something it does not depend on,
+            over more than one dependency, or along a cycle.
         TypeError: an argument has the wrong type.
         ValueError: a value is out of range (``cache_limit='20 parsecs'``...).
 
@@ -317,10 +349,13 @@ def create_graph(
     deps = _freeze_dependencies(dependencies)
     _check_functions(funcs, deps)
     plan = _compile(deps)
+    expanded = _check_expand(expand, deps, plan)
+    if gather_failures not in ("raise", "skip"):
+        raise ValueError(f"gather_failures must be 'raise' or 'skip' (got {gather_failures!r})")
     io = _names_of("io_bound", io_bound, plan)
-    done_names = _names_of("done", done, plan)
+    done_names = _names_of("done", done, plan, expanded)
     results = dict(results or {})
-    plan.ids("results", results)
+    plan.ids("results", static_names(results, expanded))
     config = dict(logging_config or {})
     unknown = set(config) - {"level", "write", "path"}
     if unknown:
@@ -364,6 +399,8 @@ def create_graph(
         plan=plan,
         checkpoint=checkpoint,
         policies=policies,
+        expand=MappingProxyType(expanded),
+        gather_failures=gather_failures,
     )
     return graph
 
@@ -386,8 +423,20 @@ def _restore(
     logging_config: dict[str, Any],
     checkpoint: Checkpoint | None = None,
     policies: Policies | None = None,
+    expand: dict[Task, Task] | None = None,
+    gather_failures: GatherFailures = "raise",
 ) -> Graph:
-    graph = create_graph(funcs, dependencies, io_bound, (), results, name, logging_config)
+    graph = create_graph(
+        funcs,
+        dependencies,
+        io_bound,
+        (),
+        results,
+        name,
+        logging_config,
+        expand=expand,
+        gather_failures=gather_failures,
+    )
     graph.checkpoint = checkpoint
     graph.policies = policies or Policies()
     graph.done[:] = done  # done may name tasks whose result was dropped: keep it as it was
@@ -497,14 +546,102 @@ def _topological_order(
     raise CycleError([names[t] for t in path])
 
 
-def _names_of(where: str, names: Iterable[Task] | None, plan: Plan) -> list[Task]:
+def _names_of(
+    where: str, names: Iterable[Task] | None, plan: Plan, expand: Mapping[Task, Task] | None = None
+) -> list[Task]:
+    """Check a list of task names; with ``expand``, instance names ``(task, i)`` pass too."""
     if names is None:
         return []
     if isinstance(names, str | bytes) or not isinstance(names, Iterable):
         raise TypeError(f"{where} must be an iterable of task names (got {_describe(names)})")
     names = list(names)
-    plan.ids(where, names)
+    plan.ids(where, static_names(names, expand) if expand else names)
     return names
+
+
+# -- expansion ----------------------------------------------------------------
+
+
+def instance_task(name: object, expand: Mapping[Task, Task]) -> Task | None:
+    """The expanded task of an instance name ``(task, i)``, or None: not an instance."""
+    if type(name) is tuple and len(name) == 2 and type(name[1]) is int:
+        try:
+            return name[0] if name[0] in expand else None
+        except TypeError:  # unhashable
+            return None
+    return None
+
+
+def instance_items(graph: Graph) -> dict[Task, list[int]]:
+    """Expanded task -> the items of its instances in ``graph.done`` or the last run's
+    stats, in order (the observers' view of a graph that grew).  O(done)."""
+    if not graph.expand:
+        return {}
+    found: dict[Task, set[int]] = {}
+    for name in [*graph.stats.tasks, *graph.done]:
+        task = instance_task(name, graph.expand)
+        if task is not None:
+            found.setdefault(task, set()).add(name[1])  # type: ignore[index]
+    return {task: sorted(items) for task, items in found.items()}
+
+
+def static_names(names: Iterable[Task], expand: Mapping[Task, Task] | None) -> list[Task]:
+    """``names`` without the instance names (all of them when nothing is expanded)."""
+    if not expand:
+        return list(names)
+    return [n for n in names if instance_task(n, expand) is None]
+
+
+def _check_expand(
+    expand: Mapping[Task, Any] | None, deps: dict[Task, tuple[Task, ...]], plan: Plan
+) -> dict[Task, Task]:
+    """Validate ``expand=`` and record it in the plan (by id). O(expanded tasks)."""
+    if expand is None:
+        return {}
+    _expect_mapping("expand", expand)
+    plan.ids("expand", expand)
+    for task, over in expand.items():
+        if not _is_task(plan.index, over):
+            many = isinstance(over, list | tuple | set | frozenset)
+            if many and len(over) != 1:
+                raise ExpandError(
+                    task,
+                    f"task {task!r} is expanded over {len(over)} dependencies ({list(over)!r});"
+                    " a task is expanded over one dependency",
+                )
+            if not many or not _is_task(plan.index, next(iter(over))):
+                hint = _did_you_mean(over, plan.index) if not many else ""
+                raise ExpandError(
+                    task, f"task {task!r} is expanded over {over!r}, which is not a task{hint}"
+                )
+    expanded: dict[Task, Task] = {
+        t: o if _is_task(plan.index, o) else next(iter(o)) for t, o in expand.items()
+    }
+    for task in expanded:  # a cycle along the chain (a -> b -> a) before anything else
+        seen = [task]
+        while (over := expanded.get(seen[-1])) is not None:
+            if over in seen:
+                path = " -> ".join(repr(t) for t in [*seen[seen.index(over) :], over])
+                raise ExpandError(
+                    task, f"expand cycle: {path} (each task is expanded over the next)"
+                )
+            seen.append(over)
+    for task, over in expanded.items():
+        if over not in deps[task]:
+            raise ExpandError(
+                task,
+                f"task {task!r} is expanded over {over!r}, which is not one of its "
+                f"dependencies {list(deps[task])!r} (add it to its dependencies)",
+            )
+    for name in deps:  # an instance name must not be a task's too
+        if instance_task(name, expanded) is not None:
+            raise ExpandError(
+                name[0],  # type: ignore[index]
+                f"task {name!r} has the name of an instance of the expanded task "
+                f"{name[0]!r}; rename it",  # type: ignore[index]
+            )
+    plan.expand.update({plan.index[t]: plan.index[o] for t, o in expanded.items()})
+    return expanded
 
 
 def _one_or_many(graph: Graph, where: str, tasks: Task | Iterable[Task]) -> list[int]:
@@ -566,6 +703,8 @@ def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
     their code and inputs did not change (the source they read did).
     """
     plan = graph.plan
+    if graph.expand:
+        return _reset_expanded(graph, tasks)
     ids = _one_or_many(graph, "tasks", tasks)
     reset = {plan.names[t] for t in plan.descendants(ids)}
     graph.done[:] = [t for t in graph.done if t not in reset]
@@ -577,18 +716,83 @@ def reset_tasks(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
     return graph
 
 
+def _reset_expanded(graph: Graph, tasks: Task | Iterable[Task]) -> Graph:
+    """`reset_tasks` on a graph with expanded tasks: ``tasks`` may name instances.
+
+    A task resets itself, its descendants and all their instances; an instance
+    ``(task, i)`` resets itself, the instances ``(child, i)`` paired with it along
+    its expand chain, and the gathered results downstream of them (the other
+    instances stay done).  O(done + V + E) per distinct expanded task.
+    """
+    plan, expand = graph.plan, graph.expand
+    if instance_task(tasks, expand) is not None or _is_task(plan.index, tasks):
+        given: list[Task] = [tasks]  # type: ignore[list-item]
+    elif isinstance(tasks, str | bytes) or not isinstance(tasks, Iterable):
+        raise UnknownTaskError("tasks", [tasks], plan.index)
+    else:
+        given = list(tasks)
+    ids = plan.ids("tasks", static_names(given, expand))
+    whole = {plan.names[t] for t in plan.descendants(ids)}
+    items: dict[Task, set[int]] = {}
+    for name in given:
+        if (task := instance_task(name, expand)) is not None and task not in whole:
+            items.setdefault(task, set()).add(name[1])  # type: ignore[index]
+    partial: set[Task] = set()  # gathered results and tasks below them, not instances
+    paired: set[Task] = set()
+    for task, indices in items.items():
+        for tid in plan.descendants([plan.index[task]]):
+            name = plan.names[tid]
+            partial.add(name)
+            if name not in expand:
+                continue
+            link = name
+            while link != task and link in expand:
+                link = expand[link]
+            if link == task:  # paired with the failed instance along the chain
+                paired.update((name, i) for i in indices)
+            else:  # expanded over something that reruns: every instance does
+                whole.add(name)
+    partial -= whole
+
+    def dropped(name: Task) -> bool:
+        if name in whole or name in partial or name in paired:
+            return True
+        task = instance_task(name, expand)
+        return task is not None and task in whole
+
+    graph.done[:] = [t for t in graph.done if not dropped(t)]
+    for name in [n for n in graph.results if dropped(n)]:
+        del graph.results[name]
+    if graph.checkpoint is not None:  # an expanded task's entries are its instances'
+        graph.checkpoint.forget(whole | {t for t in partial if t not in expand})
+    count = len(whole) + len(partial) + len(paired)
+    logging.getLogger(f"{graph.name}-manager").debug("reset %d tasks", count)
+    return graph
+
+
 def reset_failed_tasks(graph: Graph) -> Graph:
     """Make every failed task and all its descendants not done, dropping their results.
 
     A task failed when its result is an `Exception`.  The next run reruns exactly
-    those tasks.
+    those tasks.  A failed instance of an expanded task resets its paired instances
+    and what gathers them, not its task's other instances.
     """
-    return reset_tasks(graph, graph.failed)
+    failed = graph.failed
+    if graph.expand:  # reset from the root causes: a gather's are its failed instances
+        causes = set(failed)
+        results = graph.results
+        failed = [
+            t
+            for t in failed
+            if not isinstance(error := results[t], UpstreamFailedError)
+            or not causes.issuperset(error.failures)
+        ]
+    return reset_tasks(graph, failed)
 
 
 def _done_ids(graph: Graph) -> set[int]:
     index = graph.plan.index
-    return {index[t] for t in graph.done}
+    return {index[t] for t in static_names(graph.done, graph.expand)}
 
 
 def explain(graph: Graph) -> dict[Task, Explanation]:
@@ -622,7 +826,8 @@ def load_result(graph: Graph, task: Task) -> Any:
     The key is found as a run would find it: the task's ancestors are looked up in
     the cache (their values are not decoded, only their digests read), or taken from
     ``graph.results`` when done.  Only the task's own value is decoded (with a cache
-    secret, only if its signature holds).
+    secret, only if its signature holds).  For an expanded task, the list of its
+    instances' values, in item order (its listing is decoded too, to know them).
 
     Raises:
         NoStoredResultError: there is no such value; ``exc.reason`` and ``exc.detail``
@@ -640,12 +845,14 @@ def load_result(graph: Graph, task: Task) -> Any:
     if graph.checkpoint is None:
         raise NoStoredResultError(task, Reason.NOT_CACHED, "the graph has no cache")
     above = plan.ancestors([tid])
-    dry = _DryRun(graph)
+    dry = _DryRun(graph, gather=True)
     try:
         for t in plan.order:
             if t in above and t != tid:
                 dry.explain(t)
         why = dry.explain(tid, look_up=False)
+        if tid in dry.instances and why is not None and not why.runs:
+            return dry.scratch[task]  # an expanded task: the list of its instances'
         if why is None:  # nothing upstream decides: its own entry does
             assert dry.cache is not None
             hit, value = dry.cache.lookup(tid)
@@ -662,9 +869,12 @@ class _DryRun:
     in a topological order, with a scratch results dict (values looked up here never
     reach the graph)."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, *, gather: bool = False) -> None:
         plan, results = graph.plan, graph.results
         self.graph = graph
+        #: decode the instances of an expanded task none of whose instances runs, so
+        #: that what gathers them has a key (`load_result`; `explain` decodes nothing)
+        self.gather = gather
         self.done = _done_ids(graph)
         n = len(plan.names)
         self.runs = [False] * n
@@ -676,6 +886,14 @@ class _DryRun:
             self.cache = graph.checkpoint.open_run(
                 plan.names, plan.parents, graph.funcs, self.scratch
             )
+            if plan.expand:  # instances are looked up by their own item: the lists grow
+                cache = self.cache
+                cache.names, cache.parents = list(plan.names), list(plan.parents)
+                cache.tasks, cache.items = list(plan.names), {}
+        #: expanded task -> the ids of its instances; gather nodes none of whose
+        #: instances runs (their list is known only when it is gathered)
+        self.instances: dict[int, list[int]] = {}
+        self.gathered: set[Task] = set()
 
     def explain(self, tid: int, *, look_up: bool = True) -> Explanation | None:
         """Explain task ``tid``, its ancestors explained already.  ``look_up=False``:
@@ -694,9 +912,24 @@ class _DryRun:
             self.failed[tid] = blocked
             detail = f"{blocked!r} failed; reset_failed_tasks(graph) reruns it"
             return self._found(Explanation(name, False, Reason.UPSTREAM_FAILED, detail))
+        if tid in plan.expand:
+            over = plan.expand[tid]
+            paired = over in plan.expand  # then looked at instance by instance
+            if not any(self.runs[p] for p in parents if not (paired and p == over)):
+                why = self._expand(tid, over)
+                if why is not None:
+                    return self._found(why)
+            self.runs[tid] = True  # its instances exist once its input does
+            detail = f"expanded over {plan.names[over]!r}: each instance is looked up by its item"
+            return self._found(Explanation(name, True, Reason.UPSTREAM, detail))
         if upstream:
             self.runs[tid] = True
-            detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
+            if upstream[0] in self.gathered:
+                detail = (
+                    f"{upstream[0]!r} gathers cached instances; an unchanged list leaves it cached"
+                )
+            else:
+                detail = f"{upstream[0]!r} runs; unchanged output leaves it cached"
             return self._found(Explanation(name, True, Reason.UPSTREAM, detail))
         if self.cache is None:
             self.runs[tid] = True
@@ -709,6 +942,101 @@ class _DryRun:
         if hit:
             self.scratch[name] = value
         return self._found(self.cache.why[name])
+
+    def _expand(self, tid: int, over: int) -> Explanation | None:
+        """Explain an expanded task instance by instance, when its items are known (its
+        listing is done or cached: then decoded); None when they are not."""
+        plan, cache = self.graph.plan, self.cache
+        if cache is None:
+            return None
+        task, pairs = plan.names[tid], self.instances.get(over)
+        if over in plan.expand:
+            if pairs is None:
+                return None
+            items: list[Any] = [None] * len(pairs)
+        else:
+            value = self.scratch.get(plan.names[over])
+            if value is NOT_LOADED:  # a cached listing: its items are needed
+                _, value = cache.lookup(over)
+            if value is None:
+                return None
+            try:
+                items = list(value)
+            except TypeError:
+                return None
+        names, parents, tasks = cache.names, cache.parents, cache.tasks
+        assert isinstance(names, list)
+        assert isinstance(parents, list)
+        assert isinstance(tasks, list)
+        done, static, ids = set(self.graph.done), plan.parents[tid], []
+        for i, item in enumerate(items):
+            name, t = (task, i), len(names)
+            ids.append(t)
+            names.append(name)
+            tasks.append(task)
+            parents.append(
+                tuple([pairs[i] if p == over else p for p in static]) if pairs else static
+            )
+            if pairs is None:
+                cache.items[t] = (over, item)  # type: ignore[index]
+            cache.grow(1)
+            self.runs.append(False)
+            self.failed.append(None)
+            pair = pairs[i] if pairs else -1
+            if name in done:
+                self.explain_done(t, name)
+            elif pair >= 0 and self.failed[pair] is not None:
+                self.failed[t] = self.failed[pair]
+                detail = f"{self.failed[pair]!r} failed; reset_failed_tasks(graph) reruns it"
+                self._found(Explanation(name, False, Reason.UPSTREAM_FAILED, detail))
+            elif pair >= 0 and self.runs[pair]:
+                self.runs[t] = True
+                detail = f"{names[pair]!r} runs; unchanged output leaves it cached"
+                self._found(Explanation(name, True, Reason.UPSTREAM, detail))
+            else:
+                hit, value = cache.lookup(t, load=False)
+                self.runs[t] = not hit
+                if hit:
+                    self.scratch[name] = value
+                self._found(cache.why[name])
+        self.instances[tid] = ids
+        self.runs[tid] = True  # what gathers it is looked up with its list
+        running = sum(1 for t in ids if self.runs[t])
+        if running:
+            return Explanation(
+                task, True, Reason.UPSTREAM, f"{running} of {len(ids)} instances run"
+            )
+        if self.gather:  # its list, as a run would gather it
+            self.scratch[task] = self.load_instances(tid)
+            self.runs[tid] = False
+        else:
+            self.gathered.add(task)
+        return Explanation(task, False, Reason.CACHED, f"each of its {len(ids)} instances is")
+
+    def load_instances(self, tid: int) -> list[Any]:
+        """The values of an expanded task's instances, each cached or done (`_expand`
+        said none runs), decoded in item order."""
+        cache, results = self.cache, self.graph.results
+        assert cache is not None
+        values = []
+        for t in self.instances[tid]:
+            name = cache.names[t]
+            if self.found[name].reason is Reason.DONE:
+                values.append(results.get(name))
+                continue
+            hit, value = cache.lookup(t)
+            if not hit:  # gone since it was looked at
+                why = cache.why[name]
+                raise NoStoredResultError(name, why.reason, why.detail)
+            values.append(value)
+        return values
+
+    def explain_done(self, tid: int, name: Task) -> None:
+        """Explain a task (or instance) done before: it does not run."""
+        result = self.graph.results.get(name)
+        if isinstance(result, Exception):
+            self.failed[tid] = result.failed if isinstance(result, UpstreamFailedError) else name
+        self._found(Explanation(name, False, Reason.DONE))
 
     def _found(self, why: Explanation) -> Explanation:
         self.found[why.task] = why

@@ -18,6 +18,7 @@ from .events import (
     Event,
     RunFinished,
     RunStarted,
+    TaskExpanded,
     TaskFailed,
     TaskFinished,
     TaskQueued,
@@ -70,6 +71,8 @@ class LogObserver:
                 )
             case TaskSkipped(task, error):
                 self.manager.info("pid %d: skipped task %s", pid, task)
+            case TaskExpanded(task, instances):
+                self.manager.info("pid %d: expanded task %s: %d instances", pid, task, instances)
             case RunStarted(graph, tasks):
                 self.manager.info("pid %d: run of %s started: %d tasks", pid, graph, tasks)
             case RunFinished(graph, interrupted):

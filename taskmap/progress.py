@@ -18,6 +18,7 @@ from .events import (
     Event,
     RunFinished,
     RunStarted,
+    TaskExpanded,
     TaskFailed,
     TaskFinished,
     TaskRetrying,
@@ -56,6 +57,7 @@ class ProgressBar:
 
     events = (
         RunStarted,
+        TaskExpanded,
         TaskStarted,
         TaskFinished,
         TaskFailed,
@@ -95,6 +97,11 @@ class ProgressBar:
                 self.finished += 1
             case RunStarted(tasks=tasks):
                 self._open(tasks)
+                return
+            case TaskExpanded(instances=instances):  # the run has more tasks
+                if self.bar is not None:
+                    self.bar.total += instances
+                    self.bar.refresh()
                 return
             case RunFinished():
                 self._close()

@@ -91,6 +91,13 @@ class Timeline:
         self.outcome = bytearray(tasks)
         self.attempts: dict[int, int] = {}  # only tasks called more than once
 
+    def grow(self, tasks: int) -> None:
+        """Make room for ``tasks`` more tasks (instances of an expanded task)."""
+        self.start.extend([0.0] * tasks)
+        self.end.extend([0.0] * tasks)
+        self.lane.extend([0] * tasks)
+        self.outcome.extend(bytes(tasks))
+
     def lane_id(self, name: str) -> int:
         """The index of lane ``name``, added when new."""
         try:

@@ -15,13 +15,13 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import with_article
-from .graph import Graph
+from .graph import Graph, instance_items
 from .record import TaskOutcome, union_length
 
 __all__ = [
@@ -60,6 +60,10 @@ class TaskRow:
         io: whether it is io-bound.
         error: ``'Type: message'`` of its exception when it failed or was not run.
         parents: indexes in `Record.tasks` of its dependencies (all earlier rows).
+        group: for an instance ``(task, i)`` of an expanded task, ``str(task)``: the
+            instances' rows come in item order just before their task's row, whose
+            parents they are (it gathers them).
+        instances: for an expanded task, how many instances its run grew.
     """
 
     task: str
@@ -71,6 +75,8 @@ class TaskRow:
     io: bool = False
     error: str | None = None
     parents: tuple[int, ...] = ()
+    group: str | None = None
+    instances: int = 0
 
     @property
     def ran(self) -> bool:
@@ -155,15 +161,16 @@ def capture(graph: Graph) -> Record:
         )
     stats, plan = graph.stats, graph.plan
     rows_by_name, io, results = stats.tasks, graph.io_bound, graph.results
-    position = {tid: i for i, tid in enumerate(plan.order)}
-    rows = []
-    for tid in plan.order:
-        name = plan.names[tid]
-        parents = tuple(sorted({position[p] for p in plan.parents[tid]}))
+    instances = instance_items(graph)
+    position: dict[Hashable, int] = {}
+    rows: list[TaskRow] = []
+
+    def add(name: Hashable, parents: tuple[int, ...], task: Hashable, **extra: Any) -> None:
+        position[name] = len(rows)
         row = rows_by_name.get(name)
         if row is None:
-            rows.append(TaskRow(str(name), None, io=name in io, parents=parents))
-            continue
+            rows.append(TaskRow(str(name), None, io=task in io, parents=parents, **extra))
+            return
         error = _error(results.get(name)) if row.outcome is not TaskOutcome.DONE else None
         rows.append(
             TaskRow(
@@ -173,11 +180,23 @@ def capture(graph: Graph) -> Record:
                 start=row.start,
                 end=row.end,
                 attempts=row.attempts,
-                io=name in io,
+                io=task in io,
                 error=error,
                 parents=parents,
+                **extra,
             )
         )
+
+    for tid in plan.order:
+        name = plan.names[tid]
+        deps = [plan.names[p] for p in plan.parents[tid]]
+        over = graph.expand.get(name)
+        items = instances.get(name, [])
+        for i in items:  # its instances first, then its row, which gathers them
+            ins = {position.get((d, i), position[d]) if d == over else position[d] for d in deps}
+            add((name, i), tuple(sorted(ins)), name, group=str(name))
+        parents = {position[d] for d in deps} | {position[(name, i)] for i in items}
+        add(name, tuple(sorted(parents)), name, instances=len(items))
     return Record(str(graph.name), stats.started, stats.makespan, stats.workers, tuple(rows))
 
 

@@ -27,7 +27,7 @@ from .backends.processes import ProcessPool, function_modules
 from .driver import AsyncDriver, Outcomes, drive_sync
 from .events import Event, Observer
 from .frontier import Frontier
-from .graph import Graph, configure_logging
+from .graph import Graph, configure_logging, instance_task
 from .logs import LogObserver
 from .policies import IO_CHANNEL, check_limits
 from .progress import ProgressBar, wants_progress
@@ -367,7 +367,8 @@ async def events(
 
     Events are `RunStarted`, then `TaskQueued`, `TaskStarted`, `TaskFinished`
     (``cached`` for a cache hit), `TaskFailed`, `TaskRetrying` and `TaskSkipped` for
-    each task, and `RunFinished` last; ``graph.results`` is filled when the
+    each task, `TaskExpanded` when an expanded task grows its instances, and
+    `RunFinished` last; ``graph.results`` is filled when the
     iteration ends.  Leaving the loop early (``break``) cancels the run as
     cancelling `arun_parallel_async` does.
 
@@ -542,7 +543,8 @@ def _prepare(
         check_report_path(options.report)
     plan, results = graph.plan, graph.results
     limits = check_limits(options.limits, graph.policies)
-    done = plan.ids("graph.done", graph.done)
+    done_names, prior = _instances_done(graph)
+    done = plan.ids("graph.done", done_names)
     failed = [tid for tid in done if isinstance(results.get(plan.names[tid]), Exception)]
     target_ids = None if targets is None else plan.ids("targets", _listed(targets))
     io = plan.ids("io_bound", graph.io_bound)
@@ -565,8 +567,28 @@ def _prepare(
     cache = None
     if graph.checkpoint is not None:
         cache = graph.checkpoint.open_run(plan.names, plan.parents, graph.funcs, results)
-    outcomes = Outcomes(graph, frontier, fail_fast=fail_fast, observers=observers, cache=cache)
+    outcomes = Outcomes(
+        graph, frontier, fail_fast=fail_fast, observers=observers, cache=cache, prior=prior
+    )
     return outcomes, target_ids
+
+
+def _instances_done(graph: Graph) -> tuple[list[Hashable], dict[int, dict[int, bool]]]:
+    """The done tasks, and per expanded task id its instances done before: item ->
+    whether it failed."""
+    if not graph.expand:
+        return graph.done, {}
+    expand, index, results = graph.expand, graph.plan.index, graph.results
+    tasks: list[Hashable] = []
+    prior: dict[int, dict[int, bool]] = {}
+    for name in graph.done:
+        task = instance_task(name, expand)
+        if task is None:
+            tasks.append(name)
+        else:
+            failed = isinstance(results.get(name), Exception)
+            prior.setdefault(index[task], {})[name[1]] = failed  # type: ignore[index]
+    return tasks, prior
 
 
 def _channels(

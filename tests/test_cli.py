@@ -345,3 +345,45 @@ def test_the_entry_point_is_installed() -> None:
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "taskmap"]
     assert script.value == "taskmap.cli:main"
+
+
+EXPANDED = """
+import os
+import taskmap
+
+def pages():
+    return [f"page-{i}" for i in range(int(os.environ.get("PAGES", "3")))]
+
+def fetch(page):
+    with open(os.environ["CALLS"], "a") as f:
+        f.write(f"fetch-{page}\\n")
+    if page == os.environ.get("BROKEN"):
+        raise ConnectionError(f"{page} is gone")
+    return page.upper()
+
+def total(texts):
+    return len(texts)
+
+graph = taskmap.create_graph(
+    {"pages": pages, "fetch": fetch, "total": total},
+    {"pages": [], "fetch": ["pages"], "total": ["fetch"]},
+    expand={"fetch": "pages"},
+)
+"""
+
+
+def test_plan_and_rerun_failed_name_the_instances_of_an_expanded_task(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.py").write_text(EXPANDED)
+    cache = str(tmp_path / "cache")
+    broken = {"BROKEN": "page-1"}
+    first = taskmap_cmd(tmp_path, "run", "pipeline.py", "--cache", cache, env=broken)
+    assert first.returncode == 1
+    assert "('fetch', 1)  ConnectionError: page-1 is gone" in first.stdout
+    plan = taskmap_cmd(tmp_path, "plan", "pipeline.py", "--cache", cache)
+    assert plan.returncode == 0, plan.stderr
+    assert re.search(r"\('fetch', 1\)\s+runs\s+failed before\s+ConnectionError", plan.stdout)
+    assert re.search(r"\('fetch', 2\)\s+-\s+cached", plan.stdout)
+    (tmp_path / "calls").unlink()
+    again = taskmap_cmd(tmp_path, "run", "pipeline.py", "--cache", cache, "--rerun-failed")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert calls(tmp_path) == ["fetch-page-1"]

@@ -23,14 +23,14 @@ def test_etl_example_fetches_parses_and_loads(tmp_path):
     cache = tmp_path / "cache"
     done = run_script("examples/etl_pipeline.py", "--cache", str(cache), timeout=100)
     assert done.returncode == 0, done.stderr
-    assert "ran 26 tasks in" in done.stdout
-    assert "(0 failed)" in done.stdout
+    assert "ran 27 tasks in" in done.stdout  # list, 12 fetches, 12 parses, aggregate, load
+    assert "(0 failed; 12 pages)" in done.stdout
     assert "loaded 156 terms into" in done.stdout
     assert "(156 rows)" in done.stdout
     assert f"timeline of the run: {cache / 'report.html'}" in done.stdout
     page = (cache / "report.html").read_text()
     assert "taskmap run of" in page
-    assert page.count('class="bar ') == 26
+    assert page.count('class="bar ') == 27
 
 
 @pytest.mark.timeout(60)
@@ -81,18 +81,18 @@ def test_etl_example_rerun_story_serves_from_the_cache(tmp_path):
         env=env,
     )
     assert down.returncode == 1
-    assert "0 from the cache, 25 run (1 failed)" in down.stdout
+    assert "0 from the cache, 26 run (1 failed;" in down.stdout
     assert "is down (ETL_DB_DOWN is set)" in down.stdout
     back = run_script("examples/etl_pipeline.py", "--cache", cache, timeout=100)
     assert back.returncode == 0, back.stderr
-    assert "25 from the cache, 1 run (0 failed)" in back.stdout
+    assert "26 from the cache, 1 run (0 failed;" in back.stdout
     assert "'load' runs: failed before (ConnectionError: database" in back.stdout
     assert "(156 rows)" in back.stdout
     again = run_script("examples/etl_pipeline.py", "--cache", cache, timeout=100)
     assert again.returncode == 0, again.stderr
-    assert "26 from the cache, 0 run (0 failed)" in again.stdout
+    assert "27 from the cache, 0 run (0 failed;" in again.stdout
     cleared = run_script("examples/etl_pipeline.py", "--cache", cache, "--clear", timeout=100)
-    assert "0 from the cache, 26 run (0 failed)" in cleared.stdout
+    assert "0 from the cache, 27 run (0 failed;" in cleared.stdout
 
 
 @pytest.mark.timeout(60)
@@ -131,6 +131,7 @@ def test_policies_benchmark_smoke_run():
         "bench_parallel.py",
         "bench_checkpoint.py",
         "bench_data.py",
+        "bench_expand.py",
         "bench_first_run.py",
     ],
 )

@@ -508,3 +508,128 @@ def test_stop_stops_held_tasks_too() -> None:
     frontier.finish(ids["a"])  # wakes nothing: the held queue was emptied
     assert frontier.pop_ready() == -1
     assert frontier.unfinished == 0
+
+
+# -- growing: expanded tasks (Rule 6) --------------------------------------------------
+
+GROW = {"list": [], "fetch": ["list"], "parse": ["fetch"], "total": ["parse"]}
+
+
+def growing(
+    done: Iterable[Hashable] = (), io: Iterable[Hashable] = ()
+) -> tuple[Frontier, dict[Hashable, int]]:
+    """The GROW chain with fetch expanded over list and parse over fetch."""
+    graph = create_graph(
+        dict.fromkeys(GROW, noop), GROW, expand={"fetch": "list", "parse": "fetch"}
+    )
+    ids = dict(graph.plan.index)
+    frontier = Frontier(graph.plan, io=[ids[n] for n in io], done=[ids[n] for n in done])
+    return frontier, ids
+
+
+def name_instances(frontier: Frontier, ids: dict[Hashable, int]) -> dict[Hashable, int]:
+    """``ids`` plus the instances, named ``(task, i)``."""
+    named = dict(ids)
+    for task, tid in ids.items():
+        for i, instance in enumerate(frontier.instances.get(tid, ())):
+            named[(task, i)] = instance
+    return named
+
+
+def test_grow_appends_paired_instances_that_the_source_makes_ready() -> None:
+    frontier, ids = growing()
+    assert frontier.pop_ready() == ids["list"]
+    assert frontier.grow(ids["list"], 2) == []  # the list is still running
+    named = name_instances(frontier, ids)
+    assert frontier.parents[named[("fetch", 1)]] == (ids["list"],)
+    assert frontier.parents[named[("parse", 1)]] == (named[("fetch", 1)],)
+    assert [frontier.origin[named[("parse", i)]] for i in (0, 1)] == [ids["parse"]] * 2
+    assert frontier.finish(ids["list"]) == [named[("fetch", 0)], named[("fetch", 1)]]
+    assert whole_state(frontier, named) == expect(
+        {
+            "list": DONE,
+            "fetch": WAITING,  # a gather node: it waits for its instances
+            "parse": WAITING,
+            "total": WAITING,
+            ("fetch", 0): READY,
+            ("fetch", 1): READY,
+            ("parse", 0): WAITING,
+            ("parse", 1): WAITING,
+        },
+        ready_cpu=[("fetch", 0), ("fetch", 1)],
+        unfinished=7,
+    )
+
+
+def test_instance_i_is_ready_when_its_own_input_is_no_barrier() -> None:
+    frontier, ids = growing()
+    frontier.pop_ready()
+    frontier.grow(ids["list"], 2)
+    frontier.finish(ids["list"])
+    named = name_instances(frontier, ids)
+    assert frontier.pop_ready() == named[("fetch", 0)]
+    assert frontier.finish(named[("fetch", 0)]) == [named[("parse", 0)]]
+    assert frontier.state[named[("fetch", 1)]] == READY  # parse 0 did not wait for it
+
+
+def test_a_gather_node_is_ready_when_every_instance_ended_however() -> None:
+    frontier, ids = growing()
+    frontier.pop_ready()
+    frontier.grow(ids["list"], 2)
+    frontier.finish(ids["list"])
+    named = name_instances(frontier, ids)
+    fetch0, fetch1 = frontier.pop_ready(), frontier.pop_ready()
+    assert frontier.fail(fetch0) == [named[("parse", 0)]]  # only its paired instance
+    assert frontier.woken == []
+    assert frontier.finish(fetch1) == [ids["fetch"], named[("parse", 1)]]
+    assert frontier.pop_ready() == ids["fetch"]  # a gather node is io-bound: first
+    assert frontier.finish(ids["fetch"]) == []
+    assert frontier.pop_ready() == named[("parse", 1)]
+    # parse 0 was skipped: it counted for its gather node already
+    assert frontier.finish(named[("parse", 1)]) == [ids["parse"]]
+    assert frontier.state[ids["total"]] == WAITING
+    assert frontier.unfinished == 2  # the parse gather node and total
+
+
+def test_a_failure_that_ends_the_last_instance_wakes_the_gather_node() -> None:
+    frontier, ids = growing()
+    frontier.pop_ready()
+    frontier.grow(ids["list"], 1)
+    frontier.finish(ids["list"])
+    fetch0 = frontier.pop_ready()
+    frontier.fail(fetch0)
+    assert frontier.woken == [ids["fetch"]]  # parse's gather node waits for fetch's too
+    assert frontier.state[ids["fetch"]] == READY
+    assert frontier.pop_ready() == ids["fetch"]
+    assert frontier.finish(ids["fetch"]) == [ids["parse"]]
+
+
+def test_growing_nothing_makes_the_gather_node_ready_with_the_source() -> None:
+    frontier, ids = growing()
+    frontier.pop_ready()
+    assert frontier.grow(ids["list"], 0) == []
+    assert frontier.finish(ids["list"]) == [ids["fetch"]]
+    assert frontier.unfinished == 3
+
+
+def test_a_source_done_before_the_run_grows_at_the_start() -> None:
+    frontier, ids = growing(done=["list"])
+    assert frontier.pending == [ids["list"]]
+    assert frontier.ready() == []  # the gather nodes wait for the growth
+    ready = frontier.grow(ids["list"], 2, {ids["fetch"]: {0: False, 1: True}})
+    named = name_instances(frontier, ids)
+    # fetch 0 is done before; fetch 1 failed before: parse 1 is skipped
+    assert frontier.carried == [(named[("fetch", 1)], [named[("parse", 1)]])]
+    assert ready == [named[("parse", 0)], ids["fetch"]]
+    assert frontier.state[named[("fetch", 0)]] == OUT
+
+
+def test_instances_inherit_the_io_flag_and_the_gather_node_goes_first() -> None:
+    frontier, ids = growing(io=["fetch"])
+    frontier.pop_ready()
+    frontier.grow(ids["list"], 2)
+    frontier.finish(ids["list"])
+    named = name_instances(frontier, ids)
+    assert frontier.is_io(named[("fetch", 1)])
+    assert not frontier.is_io(named[("parse", 1)])
+    assert frontier.is_io(ids["parse"])  # never handed to a backend

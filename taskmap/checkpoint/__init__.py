@@ -41,6 +41,15 @@ For years of daily runs (issue 14):
 8. **With a secret, only signed entries are decoded.**  Each entry is signed
    (HMAC-SHA256 of its key and bytes) when stored; a lookup checks the tag before
    anything is unpickled, and an entry without a valid one is a miss with a warning.
+
+For graphs that grow (issue 15):
+
+9. **An instance is keyed by its own item.**  An instance ``(task, i)`` of an
+   expanded task uses its task's code, settings and key prefix (`CacheRun.tasks`);
+   the digest of its item takes the place of the listing's among its inputs
+   (`CacheRun.items`), so a listing that grows reruns only its new items.  A failed
+   instance also writes ``'<its key>/last'``, which tells "failed before" apart
+   from a new item, and which its next success deletes.
 """
 
 from __future__ import annotations
@@ -424,6 +433,20 @@ class CacheRun:
         self.writer = _Writer(self.store, checkpoint.write)
         #: id(encoder) -> the `encode_result` partial shipped to workers (once each)
         self.shipped: dict[int, Callable[[Any], Encoded]] = {}
+        #: per task id, the task whose code, settings and key prefix it uses: an
+        #: instance of an expanded task uses its task's (``names`` when none)
+        self.tasks: Sequence[Task] = names
+        #: instance id -> (the dependency it is expanded over, its own item): the
+        #: item's digest takes that dependency's place in the instance's key
+        self.items: Mapping[int, tuple[int, Any]] = {}
+        #: instances whose own failure record (``'<key>/last'``) this run found
+        self.refailed: set[int] = set()
+
+    def grow(self, tasks: int) -> None:
+        """Make room for ``tasks`` more task ids (instances; ``names`` grew)."""
+        self.digests.extend([_UNKNOWN] * tasks)
+        self.keys.extend([None] * tasks)
+        self.inputs.extend([None] * tasks)
 
     # -- looking up ----------------------------------------------------------
 
@@ -505,14 +528,24 @@ class CacheRun:
     def _key(self, tid: int) -> str:
         """The task's store key, or '' (and the reason recorded) when it has none."""
         name = self.names[tid]
+        task = self.tasks[tid]
         checkpoint = self.checkpoint
         self.keys[tid] = ""
-        if name in checkpoint.uncached:
+        if task in checkpoint.uncached:
             self.why[name] = Explanation(name, True, Reason.NOT_CACHED, "opted out")
             return ""
         inputs = []
         names, digests, get = self.names, self.digests, self.results.get
+        item = self.items.get(tid) if self.items else None
         for p in self.parents[tid]:
+            if item is not None and p == item[0]:  # an instance's own item
+                d = _digest_or_empty(item[1])
+                if not d:
+                    detail = f"its item ({type(item[1]).__name__}) has no digest"
+                    self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
+                    return ""
+                inputs.append(d)
+                continue
             value = get(names[p])
             if value is None:
                 continue  # not passed, so not an input
@@ -524,16 +557,16 @@ class CacheRun:
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
                 return ""
             inputs.append(d)
-        code = checkpoint.versions.get(name)
+        code = checkpoint.versions.get(task)
         if code is None:
             try:
-                code = self.fingerprint(self.funcs[name])
+                code = self.fingerprint(self.funcs[task])
             except Exception as exc:  # a bug of ours must not fail the run
                 self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
                 return ""
-        token = checkpoint.token(name)
-        key = f"{token}/{task_key(_name_digest(name), code, inputs)}"
+        token = checkpoint.token(task)
+        key = f"{token}/{task_key(_name_digest(task), code, inputs)}"
         self.keys[tid] = key
         self.inputs[tid] = (code, inputs)
         return key
@@ -549,14 +582,18 @@ class CacheRun:
 
     def _absent(self, tid: int, key: str) -> bool:
         """Whether the first miss's listing says ``key`` is not stored."""
-        present = self.present
-        return present is not None and tid < self.listed and key not in present
+        present = self.present  # an instance's keys are under its task's prefix
+        return (
+            present is not None
+            and (tid < self.listed or self.tasks is not self.names)
+            and key not in present
+        )
 
     def _list_keys(self) -> None:
         """Remember the keys of this run's tasks (rule 6): later misses cost a set
         lookup, not a read.  One query on the default store; never a listing of it."""
-        names = self.names
-        self.listed = len(names)
+        names = self.names if self.tasks is self.names else list(dict.fromkeys(self.tasks))
+        self.listed = len(self.names)
         token = self.checkpoint.token
         try:
             self.present = keys_under_many(self.store, [f"{token(n)}/" for n in names])
@@ -582,11 +619,12 @@ class CacheRun:
         return (None if out == _NONE_DIGEST else NOT_LOADED), out
 
     def _reason(self, tid: int) -> tuple[Reason, str]:
-        name = self.names[tid]
+        if self.names[tid] != self.tasks[tid]:  # an instance: its task's record is shared
+            return self._instance_reason(tid)
         last = self._last(tid)
         if last is not None and last.get("failed"):
             return Reason.FAILED_BEFORE, str(last["failed"])
-        if name in self.checkpoint.reset:
+        if self.tasks[tid] in self.checkpoint.reset:
             return Reason.RESET, ""
         if last is None:
             return Reason.NO_ENTRY, ""
@@ -599,6 +637,32 @@ class CacheRun:
             changed = self._changed_inputs(tid, last.get("in"))
             return Reason.INPUT_CHANGED, changed
         return Reason.NO_ENTRY, "its entry was removed"
+
+    def _instance_reason(self, tid: int) -> tuple[Reason, str]:
+        """Why an instance misses: its own failure record (keyed by its entry key: this
+        code, this item) says it failed before; else its task's record tells a change
+        of code; else its item has no entry."""
+        key = self.keys[tid]
+        assert key
+        record = f"{key}/last"
+        own = None
+        if not self._absent(tid, record):
+            try:
+                data = self.store.get(record)
+                own = None if data is None else _parse_last(data)
+            except Exception:
+                own = None
+        if own is not None and own.get("failed"):
+            self.refailed.add(tid)
+            return Reason.FAILED_BEFORE, str(own["failed"])
+        if self.tasks[tid] in self.checkpoint.reset:
+            return Reason.RESET, ""
+        last = self._last(tid)
+        entry = self.inputs[tid]
+        assert entry is not None
+        if last is not None and last.get("code") != entry[0].hex():
+            return Reason.CODE_CHANGED, ""
+        return Reason.NO_ENTRY, "no entry for its item"
 
     def _changed_inputs(self, tid: int, before: object) -> str:
         if not isinstance(before, list):
@@ -614,7 +678,7 @@ class CacheRun:
         return "from " + ", ".join(map(repr, changed))
 
     def _last(self, tid: int) -> dict[str, Any] | None:
-        key = f"{self.checkpoint.token(self.names[tid])}/last"
+        key = f"{self.checkpoint.token(self.tasks[tid])}/last"
         if self._absent(tid, key):
             return None
         try:
@@ -630,7 +694,7 @@ class CacheRun:
         process: in parallel, off the driver), or None when nothing will be stored."""
         if not self.keys[tid]:
             return None
-        encoder = self.checkpoint.encoders.get(self.names[tid], _DEFAULT_ENCODER)
+        encoder = self.checkpoint.encoders.get(self.tasks[tid], _DEFAULT_ENCODER)
         shipped = self.shipped.get(id(encoder))
         if shipped is None:
             shipped = self.shipped[id(encoder)] = functools.partial(encode_result, encoder)
@@ -646,7 +710,7 @@ class CacheRun:
         if not key:
             return
         name = self.names[tid]
-        encoder = self.checkpoint.encoders.get(name, _DEFAULT_ENCODER)
+        encoder = self.checkpoint.encoders.get(self.tasks[tid], _DEFAULT_ENCODER)
         out, payload, why = encode_result(encoder, value) if encoded is None else encoded
         self.digests[tid] = out
         if payload is None:
@@ -655,8 +719,9 @@ class CacheRun:
         code, inputs = self.inputs[tid]  # type: ignore[misc]
         code_hex, digests = code.hex(), [d.hex() for d in inputs]
         listed = ",".join([f'"{d}"' for d in digests])  # hex: nothing to escape
+        task = _label_json(self.tasks[tid])
         meta = (  # the header's JSON members, built directly: this is the hot path
-            f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{time.time()!r}'
+            f'"code":"{code_hex}","in":[{listed}],"task":{task},"t":{time.time()!r}'
         )
         data = pack_entry(payload, encoder.name, out, meta)
         if self.signer is not None:
@@ -665,6 +730,8 @@ class CacheRun:
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
         self.writer.put([(key, data), (_record_key(key), last)])
+        if self.refailed and tid in self.refailed:  # it failed before: not any more
+            self.writer.put([(f"{key}/last", None)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
@@ -676,6 +743,8 @@ class CacheRun:
         failed = f"{type(error).__name__}: {error}"[:200]
         last = _last_record(key, code.hex(), [d.hex() for d in inputs], failed)
         self.writer.put([(_record_key(key), last)])
+        if self.names[tid] != self.tasks[tid]:  # an instance: a record of its own too
+            self.writer.put([(f"{key}/last", last)])
 
     def close(self, *, write: bool = True) -> None:
         """Write what is due (everything but ``write='manual'`` entries) and stop the writer.
@@ -698,7 +767,7 @@ class CacheRun:
 
     def _trim(self, limit: int) -> None:
         try:
-            self.checkpoint.trim(limit, self.names)
+            self.checkpoint.trim(limit, list(dict.fromkeys(self.tasks)))
         except Exception as exc:  # a cache never fails a run
             self.writer.errors.append(
                 f"cache store {_describe(self.store)} could not be trimmed to "
