@@ -63,7 +63,7 @@ from types import CoroutineType, FrameType
 from typing import Any, TypeVar
 
 from .backends import Backend, Shared, materialise
-from .backends.loop import EventLoop, timed, watch_steps
+from .backends.loop import EventLoop, StallWatch, timed
 from .backends.threads import call_in_thread, in_thread
 from .checkpoint import CacheRun
 from .errors import (
@@ -512,8 +512,8 @@ if sys.version_info >= (3, 12):
 
     def _start_task(coro: Awaitable[Any]) -> asyncio.Future[Any]:
         """A Task that runs the coroutine's first step now (`eager_start`): one that
-        returns before its first real wait never waits for a loop turn.  (The stall
-        watch's wrapper is a generator: it starts as asyncio always did.)"""
+        returns before its first real wait never waits for a loop turn.  (A `timed`
+        wrapper is a coroutine too: it starts eagerly as well.)"""
         if type(coro) is not CoroutineType:
             return asyncio.ensure_future(coro)
         return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
@@ -684,6 +684,7 @@ class AsyncDriver:
         self.own_signals = own_signals
         self.stall_warning = stall_warning  # seconds; None: io coroutines are not watched
         self.stalled: set[Hashable] = set()  # tasks warned about
+        self.stall_watch: StallWatch | None = None  # started at the first io coroutine
         self.graph = outcomes.graph
         self.frontier = outcomes.frontier
         self.backend = backend
@@ -768,6 +769,8 @@ class AsyncDriver:
             raise
         finally:
             restore_sigint()
+            if self.stall_watch is not None:
+                self.stall_watch.close()
             if self.threads is not None:
                 self.threads.shutdown(wait=False, cancel_futures=True)
         if self.backend is not None:
@@ -959,7 +962,10 @@ class AsyncDriver:
             self.inline_call = False
         if type(value) is CoroutineType:
             if self.stall_warning is not None and self.frontier.is_io(tid):
-                value = watch_steps(value, name, self.stall_warning, self._stalled)
+                watch = self.stall_watch
+                if watch is None:
+                    watch = self.stall_watch = StallWatch(self.stall_warning, self._stalled)
+                watch.watch(tid, name, value)  # before an eager start runs its first step
             if seconds is not None:
                 value = timed(value, seconds, name, "cancelled")
             self._watch(tid, _start_task(value))
@@ -973,18 +979,23 @@ class AsyncDriver:
             return
         self.stalled.add(task)
         code = getattr(coro, "cr_code", None)
-        warnings.warn_explicit(
-            StallWarning(
-                f"io-bound task {task!r} blocked the event loop for {seconds:.2f} s "
-                f"(more than {self.stall_warning:g} s): no other io-bound task could run "
-                "meanwhile.  If it computes, leave it out of io_bound (it then runs in a "
-                "worker process); if it calls something blocking, await it in a thread: "
-                "await asyncio.to_thread(func, ...)"
-            ),
-            StallWarning,
-            code.co_filename if code is not None else "<taskmap>",
-            code.co_firstlineno if code is not None else 0,
-        )
+        try:
+            warnings.warn_explicit(
+                StallWarning(
+                    f"io-bound task {task!r} blocked the event loop for {seconds:.2f} s "
+                    f"(more than {self.stall_warning:g} s): no other io-bound task could "
+                    "run meanwhile.  If it computes, leave it out of io_bound (it then runs "
+                    "in a worker process); if it calls something blocking, await it in a "
+                    "thread: await asyncio.to_thread(func, ...)"
+                ),
+                StallWarning,
+                code.co_filename if code is not None else "<taskmap>",
+                code.co_firstlineno if code is not None else 0,
+            )
+        except Exception as exc:  # warnings made errors: this is a loop callback, whose
+            # exception the loop would only log; the run ends with it instead
+            if self.finished is not None and not self.finished.done():
+                self.finished.set_exception(exc)
 
     def _start_on_backend(self, tid: int, backend: Backend) -> None:
         if self.outcomes.gathers and tid in self.outcomes.gathers:
@@ -1034,6 +1045,8 @@ class AsyncDriver:
 
     def _record(self, tid: int, future: asyncio.Future[Any]) -> None:
         del self.inflight[tid]
+        if self.stall_watch is not None:
+            self.stall_watch.forget(tid)
         if self.finished is None or self.finished.done():  # aborting: leave it unrecorded
             return
         span = self.backend.span(tid) if self.backend is not None else None

@@ -7,6 +7,8 @@ pipe of length-prefixed messages (`multiprocessing.connection.Connection`), each
 a pickled tuple whose first item is its tag::
 
     driver -> worker   ("fn", fid, function bytes)          before its first use there
+                       (the bytes of a `SameCode`: a function whose code came with fid
+                       ``base``, sent before it)
                        ("run", tid, fid, arguments, post fid or -1, keywords or None, flags)
                        ("runs", tid, fid, layouts, (arguments, keywords) bytes, post fid,
                         flags)                             + one fd per layout
@@ -27,7 +29,10 @@ a pickled tuple whose first item is its tag::
 Rules:
 1. A function crosses once per worker (``fid``); the worker keeps it by id.  A
    ``functools.partial`` is not a function of its own: its function crosses once
-   and its bound arguments travel with each "run", as data.
+   and its bound arguments travel with each "run", as data.  Functions sharing a
+   code object (``lambda i=i: f(i)`` in a loop, closures made by one factory) share
+   its shipping too: the first crosses whole, the others as a `SameCode`, which
+   holds only what differs (defaults, closure cell values, names).
 2. Arguments and results cross with `dumps`/`loads` below, the only pickling for the
    wire (cloudpickle where plain pickle cannot: lambdas, closures, local classes),
    pickled once with their message: a large value is not copied twice.
@@ -91,6 +96,7 @@ __all__ = [
     "Kept",
     "Pickled",
     "RemoteTraceback",
+    "SameCode",
     "Shared",
     "call_pickled",
     "dumps",
@@ -160,6 +166,73 @@ def _code_in_file(
     """Rebuild a code object shipped by `_CodePickler` with its real file name."""
     code = rebuild(*args)
     return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+class SameCode:
+    """A function whose code object crossed before, with another function (Rule 1):
+    what differs, to rebuild it on the code and globals of that one (fid ``base``).
+
+    `of` makes one only for a plain function with the same code and globals as
+    ``base`` in the driver, without attributes of its own (``__dict__``: a
+    ``functools.wraps`` wrapper, ``func.attr = ...``) and with every closure cell
+    filled; else the function crosses whole."""
+
+    __slots__ = ("base", "cells", "defaults", "kwdefaults", "name", "qualname")
+
+    def __init__(
+        self,
+        base: int,
+        name: str,
+        qualname: str,
+        defaults: tuple[Any, ...] | None,
+        kwdefaults: dict[str, Any] | None,
+        cells: tuple[Any, ...] | None,
+    ) -> None:
+        self.base = base
+        self.name = name
+        self.qualname = qualname
+        self.defaults = defaults
+        self.kwdefaults = kwdefaults
+        self.cells = cells
+
+    @classmethod
+    def of(cls, func: object, base_fid: int, base: object) -> SameCode | None:
+        """``func`` as a `SameCode` of ``base``, or None when it must cross whole."""
+        if type(func) is not types.FunctionType or type(base) is not types.FunctionType:
+            return None
+        if func.__code__ is not base.__code__ or func.__globals__ is not base.__globals__:
+            return None
+        if func.__dict__ or func.__module__ != base.__module__:
+            return None
+        closure = func.__closure__
+        try:
+            cells = None if closure is None else tuple(c.cell_contents for c in closure)
+        except ValueError:  # an empty cell (a name the factory had not bound yet)
+            return None
+        return cls(
+            base_fid,
+            func.__name__,
+            func.__qualname__,
+            func.__defaults__,
+            func.__kwdefaults__,
+            cells,
+        )
+
+    def build(self, base: Callable[..., Any] | Exception) -> Callable[..., Any]:
+        """The function, on ``base``'s code and globals as this process rebuilt them."""
+        if isinstance(base, Exception):
+            raise base
+        assert type(base) is types.FunctionType, base
+        cells = None if self.cells is None else tuple(types.CellType(v) for v in self.cells)
+        func = types.FunctionType(base.__code__, base.__globals__, self.name, self.defaults, cells)
+        func.__qualname__ = self.qualname
+        func.__kwdefaults__ = self.kwdefaults
+        func.__module__ = base.__module__
+        return func
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = (self.name, self.qualname, self.defaults, self.kwdefaults, self.cells)
+        return (SameCode, (self.base, *fields))
 
 
 #: Rule 7: from this many bytes a value crosses in a shared segment.  Measured on a
@@ -476,7 +549,10 @@ def main(
                 continue
             if message[0] == "fn":
                 try:
-                    functions[message[1]] = loads(message[2])
+                    function = loads(message[2])
+                    if type(function) is SameCode:
+                        function = function.build(functions[function.base])
+                    functions[message[1]] = function
                 except Exception as exc:  # raised by each task that uses it
                     functions[message[1]] = exc
                 continue

@@ -132,6 +132,7 @@ def test_policies_benchmark_smoke_run():
         "bench_checkpoint.py",
         "bench_data.py",
         "bench_expand.py",
+        "bench_first_run.py",
     ],
 )
 def test_benchmark_smoke_run_prints_its_goals(script):

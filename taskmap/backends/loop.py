@@ -3,7 +3,7 @@ coroutine to completion from synchronous code, and timing a coroutine.
 
 The asyncio driver runs io-bound coroutines on its own loop; these are the pieces
 every placement on a loop shares: `EventLoop` for the sync driver (and for runners
-called inside a running loop), `timed` for timeouts, `watch_steps` for the
+called inside a running loop), `timed` for timeouts, `StallWatch` for the
 blocked-loop warning.
 """
 
@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import threading
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
 from time import perf_counter
+from types import FrameType
 from typing import Any, TypeVar
 
 from ..errors import TaskTimeoutError
 
-__all__ = ["EventLoop", "new_event_loop", "timed", "watch_steps"]
+__all__ = ["EventLoop", "StallWatch", "new_event_loop", "timed"]
 
 T = TypeVar("T")
 
@@ -116,46 +117,88 @@ async def timed(awaitable: Awaitable[T], seconds: float, task: Hashable, how: st
         raise
 
 
-@types.coroutine
-def watch_steps(
-    coro: Coroutine[Any, Any, T], task: Hashable, threshold: float, stalled: Callable[..., None]
-) -> Generator[Any, Any, T]:
-    """Run ``coro`` step by step, timing each step (each stretch it holds the loop
-    between two awaits); call ``stalled(task, seconds, coro)`` after the first step
-    longer than ``threshold``, then just delegate."""
-    send, throw, clock = coro.send, coro.throw, perf_counter
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        started = clock()
-        try:
-            yielded = send(value) if error is None else throw(error)
-        except StopIteration as stop:
-            if clock() - started > threshold:
-                stalled(task, clock() - started, coro)
-            return stop.value  # type: ignore[no-any-return]
-        if clock() - started > threshold:
-            stalled(task, clock() - started, coro)
-            return (yield from _resume(coro, yielded))
-        try:
-            value, error = (yield yielded), None
-        except BaseException as exc:  # cancellation, GeneratorExit: the coroutine decides
-            value, error = None, exc
+class StallWatch:
+    """Warns about io-bound coroutines that hold the loop, at no cost per step.
 
+    The loop beats: a timer stamps the time every ``period`` (a tenth of the
+    threshold).  A daemon thread sleeps until the threshold and a period have passed
+    since the last beat it knows of; if the loop has beaten meanwhile it sleeps on
+    (so it wakes about once a threshold: each wake takes the GIL from the loop).
+    Else something holds the loop, and the thread looks at the loop thread's stack:
+    the watched coroutine whose frame is on it is the culprit.  ``report(task,
+    seconds, coroutine)`` runs on the loop as soon as the loop is free again;
+    ``seconds`` counts from the last beat, so it exceeds the stall by at most a
+    period.  A step longer than the threshold and a period is always reported, one
+    shorter than the threshold never.  Coroutines
+    run as bare Tasks (eagerly on 3.12+): the watch costs a dict entry per
+    coroutine, where stepping each one by hand cost a generator frame per step.
 
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
-    """Finish a coroutine already started and suspended on ``yielded``."""
-    while True:
-        try:
-            value = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            continue
-        try:
-            yielded = coro.send(value)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+    Use from the loop's thread: `watch` before the coroutine's first step (an eager
+    start runs it at once), `forget` when it is done, `close` at the end of the run.
+    """
+
+    def __init__(self, threshold: float, report: Callable[[Hashable, float, Any], None]) -> None:
+        self.threshold = threshold
+        self.period = threshold / 10
+        self.report = report
+        self.watched: dict[int, tuple[Hashable, Coroutine[Any, Any, Any]]] = {}  # tid ->
+        self.beat = perf_counter()
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.stop = threading.Event()
+        self.timer: asyncio.TimerHandle | None = None
+        self._beat()
+        self.thread = threading.Thread(target=self._run, name="taskmap-stall-watch", daemon=True)
+        self.thread.start()
+
+    def watch(self, tid: int, task: Hashable, coro: Coroutine[Any, Any, Any]) -> None:
+        self.watched[tid] = (task, coro)
+
+    def forget(self, tid: int) -> None:
+        self.watched.pop(tid, None)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.watched.clear()
+        self.thread.join(1.0)  # it wakes at once: the event is set
+
+    def _beat(self) -> None:
+        self.beat = perf_counter()
+        self.timer = self.loop.call_later(self.period, self._beat)
+
+    def _run(self) -> None:
+        """The watchdog thread: timed waits on the stop event (the watch the issue asks
+        for: no loop beat means a stall, and nothing else can see one)."""
+        flagged = -1.0  # the beat before the last stall looked at
+        while True:
+            beat = self.beat
+            late = perf_counter() - beat - self.threshold - self.period
+            if late < 0 or beat == flagged:
+                if self.stop.wait(-late if late < 0 else self.period):
+                    return
+                continue
+            flagged = beat  # one look per stall
+            found = self._holder(sys._current_frames().get(self.loop_thread))
+            if found is not None:  # else not a watched coroutine (a plain function...)
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self.loop.call_soon_threadsafe(self._report, *found, beat)
+
+    def _holder(self, frame: FrameType | None) -> tuple[Hashable, Any] | None:
+        """The watched coroutine running in ``frame`` or a frame it called, if any.
+        (From the watchdog thread, while the loop thread is stuck: the GIL makes
+        the copy of ``watched`` atomic.)"""
+        frames = set()
+        while frame is not None:
+            frames.add(frame)
+            frame = frame.f_back
+        for task, coro in list(self.watched.values()):
+            if getattr(coro, "cr_frame", None) in frames:
+                return task, coro
+        return None
+
+    def _report(self, task: Hashable, coro: Any, beat: float) -> None:
+        now = perf_counter()
+        self.beat = now  # the loop is free: a stall after this one is a new stall
+        self.report(task, now - beat, coro)

@@ -45,7 +45,9 @@ Rules:
 
 State: ``workers`` every live worker; each `_Worker` holds ``jobs``, the jobs sent
 and not yet answered, in order (the first is running; replies come in the same
-order), and ``known``, the ids of the functions it has been sent; ``backlog``
+order), and ``known``, the ids of the functions it has been sent; ``functions``
+holds each function sent (by ``id``), ``codes`` the first function sent with each
+code object, ``bases`` what each function sent as a `SameCode` needs first; ``backlog``
 holds jobs no worker had room for when they were submitted (their worker had just
 died, or the job was too large to queue), sent as soon as one has room;
 ``mean_duration`` is the running mean of task durations.
@@ -84,6 +86,7 @@ from ..worker import (
     Kept,
     Pickled,
     RemoteTraceback,
+    SameCode,
     Shared,
     dumps,
     loads,
@@ -236,6 +239,10 @@ class ProcessPool:
         self.mean_duration: float | None = None  # of recent tasks, as workers time them
         self.backlog: collections.deque[_Job] = collections.deque()
         self.functions: dict[int, tuple[Callable[..., Any], int, bytes]] = {}
+        #: code object -> the first function sent with it: (function, fid, bytes)
+        self.codes: dict[Any, tuple[Callable[..., Any], int, bytes]] = {}
+        #: fid of a `SameCode` -> (fid, bytes) of the function whose code it shares
+        self.bases: dict[int, tuple[int, bytes]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.started = 0
         self.env = _thread_limits(n)
@@ -638,18 +645,18 @@ class ProcessPool:
         for worker in workers:
             if worker.dead or len(worker.jobs) >= depth:
                 continue
-            if worker.jobs and (job.timeout is not None or not _fits_in_pipe(job, worker)):
+            if worker.jobs and (
+                job.timeout is not None or not _fits_in_pipe(job, worker, self.bases.get(job.fid))
+            ):
                 # A busy worker may be writing a large result while we write to it:
                 # queue behind a running task only what the pipe buffers at once.
                 # A job with a timeout is timed from its start: never queued.
                 continue
             try:
                 if job.fid not in worker.known:
-                    worker.conn.send_bytes(dumps(("fn", job.fid, job.fn_blob)))
-                    worker.known.add(job.fid)
+                    self._send_function(worker, job.fid, job.fn_blob)
                 if job.post is not None and job.post[0] not in worker.known:
-                    worker.conn.send_bytes(dumps(("fn", *job.post)))
-                    worker.known.add(job.post[0])
+                    self._send_function(worker, *job.post)
                 worker.conn.send_bytes(job.message)
                 if job.shared:  # kept until answered: a job whose worker died
                     send_fds(worker.sock, [s.fd for s in job.shared])  # before it ran
@@ -686,16 +693,35 @@ class ProcessPool:
         self._steal()
 
     def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
+        """The id and bytes of a function; its code crosses once (worker Rule 1): a
+        function whose code object a function sent before has is sent as a
+        `SameCode` of that one (`bases` says which must reach a worker first)."""
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
+            fid = len(self.functions)
+            code = getattr(func, "__code__", None)
+            first = self.codes.get(code) if type(func) is types.FunctionType else None
+            same = None if first is None else SameCode.of(func, first[1], first[0])
             try:
-                blob = worker_module.dumps_for_worker(func)
+                blob = worker_module.dumps_for_worker(func if same is None else same)
             except Exception as exc:
                 raise SerializationError(
                     task, "function", type(func).__qualname__, str(exc)
                 ) from None
-            entry = self.functions[id(func)] = (func, len(self.functions), blob)
+            if same is not None:
+                self.bases[fid] = first[1:]  # type: ignore[index]
+            elif type(func) is types.FunctionType:
+                self.codes.setdefault(code, (func, fid, blob))
+            entry = self.functions[id(func)] = (func, fid, blob)
         return entry[1], entry[2]
+
+    def _send_function(self, worker: _Worker, fid: int, blob: bytes) -> None:
+        """Send a function to a worker, after the one whose code it shares."""
+        base = self.bases.get(fid)
+        if base is not None and base[0] not in worker.known:
+            self._send_function(worker, *base)
+        worker.conn.send_bytes(dumps(("fn", fid, blob)))
+        worker.known.add(fid)
 
     # -- events from the loop -----------------------------------------------
 
@@ -875,10 +901,12 @@ def _lost(task: Hashable, held: Held) -> WorkerCrashedError:
     )
 
 
-def _fits_in_pipe(job: _Job, worker: _Worker) -> bool:
+def _fits_in_pipe(job: _Job, worker: _Worker, base: tuple[int, bytes] | None) -> bool:
     size = len(job.message)
     if job.fid not in worker.known:
         size += len(job.fn_blob)
+        if base is not None and base[0] not in worker.known:  # sent first (`SameCode`)
+            size += len(base[1])
     if job.post is not None and job.post[0] not in worker.known:
         size += len(job.post[1])
     return size <= PREFETCH_MAX_BYTES

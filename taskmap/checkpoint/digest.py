@@ -133,6 +133,9 @@ def digest(value: object) -> bytes:
     if type(value) is str:  # fast path: the same bytes the _str handler feeds
         data = value.encode("utf-8", "surrogatepass")
         return blake2b(b"s" + _LEN(len(data)) + data, digest_size=16, person=_VALUE_PERSON).digest()
+    if type(value) is int:  # fast path (a partial's index): the bytes _int feeds
+        data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+        return blake2b(b"i" + _LEN(len(data)) + data, digest_size=16, person=_VALUE_PERSON).digest()
     h = blake2b(digest_size=16, person=_VALUE_PERSON)
     try:
         _feed(value, h.update, {})

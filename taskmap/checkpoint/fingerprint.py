@@ -102,6 +102,9 @@ _BUILTIN_CALLABLES = (
     ClassMethodDescriptorType,
 )
 #: values read by the code that are fingerprinted as code, not digested as data
+#: types of values whose contribution is their digest alone (no code to read): the
+#: arguments of most partials, digested without asking where their class lives
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 _CALLABLES = (
     FunctionType,
     functools.partial,
@@ -250,9 +253,11 @@ class Fingerprinter:
     """Fingerprint many task functions in one run, each code object disassembled once.
 
     Code digests are cached by code object, so 10,000 closures of one function cost one
-    ``dis`` pass; results are cached by ``id(func)`` with a reference held, so an id is never
-    reused while cached.  Not thread-safe: use one per run, from one thread.  Code is read
-    once: make a new `Fingerprinter` after editing code in a live session.
+    ``dis`` pass, and what a code object's globals and imports contribute by code object and
+    globals dict, so 10,000 lambdas of one loop read their globals once; results are cached
+    by ``id(func)`` with a reference held, so an id is never reused while cached.  Not
+    thread-safe: use one per run, from one thread.  Code is read once: make a new
+    `Fingerprinter` after editing code in a live session.
     """
 
     __slots__ = (
@@ -264,12 +269,16 @@ class Fingerprinter:
         "_keep",
         "_low",
         "_path",
+        "_scopes",
         "_tarjan",
         "_top",
     )
 
     def __init__(self) -> None:
         self._codes: dict[int, tuple[CodeType, _CodeInfo]] = {}
+        # (id(code), id(globals)) -> (code, globals, what its globals and imports contribute),
+        # kept only when that is known (no reference to a node still open)
+        self._scopes: dict[tuple[int, int], tuple[CodeType, dict[str, Any], list[_Expr]]] = {}
         self._top: dict[int, tuple[object, bytes]] = {}  # id(func) -> (func, fingerprint)
         self._done: dict[_Key, tuple[object, bytes]] = {}  # finished nodes, object kept alive
         # Tarjan's state for the nodes of the component being explored:
@@ -286,6 +295,11 @@ class Fingerprinter:
         top = self._top.get(id(func))
         if top is not None and top[0] is func:
             return top[1]
+        if type(func) is functools.partial:  # one per task: 10,000 of one function
+            quick = self._plain_partial(func)
+            if quick is not None:
+                self._top[id(func)] = (func, quick)
+                return quick
         if not callable(func):
             raise TypeError(
                 f"fingerprint needs a callable (got {_short(func)}, a {_type_name(type(func))})"
@@ -364,12 +378,7 @@ class Fingerprinter:
                 return self._node(("function", id(obj), frozenset()), obj, self._function)
             return _h(b"lib", _name_of(obj).encode())
         if isinstance(obj, functools.partial):
-            args = [self._contribution(a, frozenset()) for a in obj.args]
-            kwargs = [
-                _combine(k.encode(), self._contribution(v, frozenset()))
-                for k, v in sorted(obj.keywords.items())
-            ]
-            return _combine(b"partial", self._callable(obj.func), *args, b"kw", *kwargs)
+            return self._partial(obj)
         if isinstance(obj, MethodType):
             return self._method(obj)
         if isinstance(obj, type):
@@ -391,6 +400,37 @@ class Fingerprinter:
         extra = [self._callable(wrapped)] if callable(wrapped) else []
         return _combine(b"object", code, state, *extra)
 
+    def _plain_partial(self, obj: functools.partial[Any]) -> bytes | None:
+        """What `_partial` returns for the common partial, without its generality: a
+        function fingerprinted before, plain arguments, no keywords; else None."""
+        known = self._top.get(id(obj.func))
+        if obj.keywords or known is None or known[0] is not obj.func:
+            return None
+        parts = [b"partial", known[1]]
+        for arg in obj.args:
+            if type(arg) not in _PLAIN:
+                return None
+            parts.append(b"value:" + digest(arg))
+        parts.append(b"kw")
+        return _h(*parts)
+
+    def _partial(self, obj: functools.partial[Any]) -> _Expr:
+        """A partial: its function (fingerprinted once for all its partials) and arguments."""
+        func = obj.func
+        known = self._top.get(id(func))
+        if known is not None and known[0] is func:
+            inner: _Expr = known[1]
+        else:
+            inner = self._callable(func)
+            if type(inner) is bytes:  # final (not a member of a cycle still open)
+                self._top[id(func)] = (func, inner)
+        args = [self._contribution(a, frozenset()) for a in obj.args]
+        kwargs = [
+            _combine(k.encode(), self._contribution(v, frozenset()))
+            for k, v in sorted(obj.keywords.items())
+        ]
+        return _combine(b"partial", inner, *args, b"kw", *kwargs)
+
     def _method(self, method: MethodType) -> _Expr:
         """A bound method: its function, the class of self, and class members it names."""
         owner = method.__self__
@@ -407,6 +447,8 @@ class Fingerprinter:
 
     def _contribution(self, value: Any, attrs: frozenset[str]) -> _Expr:
         """What a value the code reads (a global, closure cell, default) contributes."""
+        if type(value) in _PLAIN:  # the common partial argument: no class of the user's
+            return b"value:" + digest(value)
         if isinstance(value, ModuleType):
             if _is_user_module(value):
                 return self._node(("module", id(value), attrs), value, self._module)
@@ -433,16 +475,10 @@ class Fingerprinter:
         return self._node(("class", id(cls), frozenset()), cls, self._class)
 
     def _function(self, func: FunctionType) -> _Expr:
-        info = self._code_info(func.__code__)
+        code = func.__code__
+        info = self._code_info(code)
         parts: list[_Expr] = [b"function", info.digest]
-        namespace = func.__globals__
-        for name in info.globals:
-            if name in namespace:  # builtins (len, print) are not: the name in the code is all
-                parts += [name.encode(), self._contribution(namespace[name], info.attrs)]
-        for level, name in info.imports:
-            module = sys.modules.get(_absolute(name, level, namespace.get("__package__")))
-            if module is not None:
-                parts += [b"import", name.encode(), self._contribution(module, info.attrs)]
+        parts += self._scope(code, info, func.__globals__)
         for name, cell in zip(func.__code__.co_freevars, func.__closure__ or (), strict=False):
             try:
                 value = cell.cell_contents
@@ -457,6 +493,24 @@ class Fingerprinter:
         if callable(wrapped):
             parts += [b"wrapped", self._callable(wrapped)]
         return _combine(*parts)
+
+    def _scope(self, code: CodeType, info: _CodeInfo, namespace: dict[str, Any]) -> list[_Expr]:
+        """What the globals and imports a code object reads contribute; computed once per
+        code object and globals dict (every lambda of a loop shares both)."""
+        memo = self._scopes.get((id(code), id(namespace)))
+        if memo is not None and memo[0] is code and memo[1] is namespace:
+            return memo[2]
+        parts: list[_Expr] = []
+        for name in info.globals:
+            if name in namespace:  # builtins (len, print) are not: the name in the code is all
+                parts += [name.encode(), self._contribution(namespace[name], info.attrs)]
+        for level, name in info.imports:
+            module = sys.modules.get(_absolute(name, level, namespace.get("__package__")))
+            if module is not None:
+                parts += [b"import", name.encode(), self._contribution(module, info.attrs)]
+        if all(type(p) is bytes for p in parts):  # a part still open may resolve otherwise
+            self._scopes[(id(code), id(namespace))] = (code, namespace, parts)
+        return parts
 
     def _class(self, cls: type) -> _Expr:
         parts: list[_Expr] = [b"class"]

@@ -9,6 +9,7 @@ import ctypes
 import functools
 import logging
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -279,6 +281,52 @@ def test_each_function_is_shipped_once_per_worker():
     assert graph.results == dict.fromkeys(range(50), 0)
     # the pool pickles the function once for all 50 tasks
     assert len({id(b) for b in sent}) == 1
+
+
+def make_scaler(k: int):
+    def scaled(x: int = 1) -> int:
+        return k * x
+
+    return scaled
+
+
+def test_lambdas_and_closures_sharing_a_code_object_ship_it_once(monkeypatch):
+    from taskmap import worker
+
+    pickled: list[str] = []
+    original = worker._CodePickler.reducer_override
+
+    def counting(self, obj):
+        if type(obj) is types.CodeType:
+            pickled.append(obj.co_name)
+        return original(self, obj)
+
+    monkeypatch.setattr(worker._CodePickler, "reducer_override", counting)
+    funcs = {f"l{i}": lambda i=i, *, j=2 * i: add(i, j) for i in range(40)}
+    funcs.update({f"c{i}": make_scaler(i) for i in range(40)})
+    funcs["one"] = lambda: 1
+    deps = {name: [] for name in funcs}
+    graph = taskmap.run_parallel(taskmap.create_graph(funcs, deps), ncores=2)
+    expected = {f"l{i}": 3 * i for i in range(40)} | {f"c{i}": i for i in range(40)}
+    assert graph.results == {**expected, "one": 1}
+    # each code object crossed once, with the first function that had it
+    assert sorted(pickled) == ["<lambda>", "<lambda>", "scaled"]
+
+
+def test_a_function_sharing_code_keeps_its_own_names_defaults_and_cells():
+    from taskmap.worker import SameCode
+
+    first, second = make_scaler(2), make_scaler(5)
+    second.__qualname__ = "renamed"
+    same = SameCode.of(second, 0, first)
+    assert same is not None
+    rebuilt = pickle.loads(pickle.dumps(same)).build(first)
+    assert (rebuilt(3), rebuilt.__qualname__, rebuilt.__module__) == (15, "renamed", __name__)
+    second.attribute = 1  # a function with attributes of its own crosses whole
+    assert SameCode.of(second, 0, first) is None
+    assert SameCode.of(lambda: 1, 0, first) is None  # another code object
+    with pytest.raises(ValueError, match="boom"):
+        same.build(ValueError("boom"))  # the first could not be rebuilt there
 
 
 # -- worker hygiene -------------------------------------------------------------------

@@ -238,6 +238,34 @@ def test_fingerprint_of_partial_depends_on_its_arguments() -> None:
     assert fingerprint(functools.partial(pow, 2)) != fingerprint(pow)
 
 
+def shared_helper(i: int) -> int:
+    return i + 1
+
+
+def test_one_loops_lambdas_and_partials_read_their_code_and_globals_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[object] = []
+    original = Fingerprinter._contribution
+
+    def counting(self: Fingerprinter, value: Any, attrs: frozenset[str]) -> Any:
+        if value is shared_helper:
+            reads.append(value)
+        return original(self, value, attrs)
+
+    monkeypatch.setattr(Fingerprinter, "_contribution", counting)
+    fp = Fingerprinter()
+    lambdas = [fp(lambda i=i: shared_helper(i)) for i in range(50)]
+    partials = [fp(functools.partial(shared_helper, i)) for i in range(50)]
+    assert len(set(lambdas)) == len(set(partials)) == 50  # each default, each argument counts
+    assert len(reads) == 1  # the lambdas' globals, once for all 50
+    assert lambdas[7] == fingerprint(lambda i=7: shared_helper(i))  # the memo changes nothing
+    assert partials[7] == fingerprint(functools.partial(shared_helper, 7))  # the fast path
+    for args, kwargs in [((7,), {"x": 1}), (((7,),), {}), ((7.5,), {})]:
+        again = fp(functools.partial(shared_helper, *args, **kwargs))
+        assert again == fingerprint(functools.partial(shared_helper, *args, **kwargs))
+
+
 def test_mutual_recursion_terminates_and_does_not_depend_on_order(
     load: Callable[..., ModuleType],
 ) -> None:
