@@ -32,6 +32,7 @@ if _typing.TYPE_CHECKING:
     from .errors import RunStoppedError as RunStoppedError
     from .errors import SerializationError as SerializationError
     from .errors import StallWarning as StallWarning
+    from .errors import TaskDirectoryError as TaskDirectoryError
     from .errors import TaskError as TaskError
     from .errors import TaskmapError as TaskmapError
     from .errors import TaskTimeoutError as TaskTimeoutError
@@ -76,6 +77,7 @@ if _typing.TYPE_CHECKING:
     from .runners import run_async as run_async
     from .runners import run_parallel as run_parallel
     from .runners import run_parallel_async as run_parallel_async
+    from .taskdir import task_directory as task_directory
 
 __version__ = "1.0.0.dev0"
 
@@ -106,6 +108,7 @@ __all__ = [
     "RunStoppedError",
     "SerializationError",
     "StallWarning",
+    "TaskDirectoryError",
     "TaskError",
     "TaskFailed",
     "TaskFinished",
@@ -142,6 +145,7 @@ __all__ = [
     "run_parallel",
     "run_parallel_async",
     "save_cache",
+    "task_directory",
     "to_chrome_trace",
     "to_dot",
     "to_html",
@@ -185,6 +189,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "RunStoppedError",
         "SerializationError",
         "StallWarning",
+        "TaskDirectoryError",
         "TaskError",
         "TaskTimeoutError",
         "TaskmapError",
@@ -240,6 +245,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "run_parallel",
         "run_parallel_async",
     ),
+    ".taskdir": ("task_directory",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

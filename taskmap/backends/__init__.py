@@ -48,6 +48,7 @@ class Backend(Protocol):
         *,
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
+        directory: tuple[Any, ...] | None = None,
     ) -> asyncio.Future[Any]:
         """Start a task; the future gets its value or its exception.
 
@@ -57,6 +58,10 @@ class Backend(Protocol):
 
         ``post`` (the cache's digest and encoding) may be called on the value where
         it was made; its result is then `posted` (a backend may ignore it).
+
+        ``directory`` (a cached graph) is the task's `taskdir.Call` as plain values
+        (`Call.wire`): the call is made in a context where `taskmap.task_directory`
+        answers from it, and its output is captured when it says so.
 
         Raises:
             SerializationError: the function or arguments cannot be sent; nothing

@@ -372,6 +372,7 @@ class ProcessPool:
         *,
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
+        directory: tuple[Any, ...] | None = None,
     ) -> asyncio.Future[Any]:
         """Send a task to a worker with room.  Raises SerializationError before taking one.
 
@@ -393,7 +394,7 @@ class ProcessPool:
             # re-run in workers, cross by value.  Large values cross as segments.
             post_fid = -1 if shipped is None else shipped[0]
             message, shared = worker_module.run_message(
-                tid, fid, self._share(args), post_fid, kwargs
+                tid, fid, self._share(args), post_fid, kwargs, directory
             )
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None

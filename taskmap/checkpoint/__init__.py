@@ -41,10 +41,17 @@ For years of daily runs (issue 14):
 8. **With a secret, only signed entries are decoded.**  Each entry is signed
    (HMAC-SHA256 of its key and bytes) when stored; a lookup checks the tag before
    anything is unpickled, and an entry without a valid one is a miss with a warning.
+9. **A call knows its key's directory.**  `CacheRun.context` (a call in this
+   process) and `CacheRun.wire` (a call elsewhere) give each call of a task the
+   `taskdir.Call` that `taskmap.task_directory` answers from, and open its capture
+   files when its output is captured; they close when its outcome is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -58,8 +65,10 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from .. import taskdir
 from ..errors import CacheWarning, with_article
 from .digest import UnhashableError, digest, task_key
 from .encoders import (
@@ -79,6 +88,10 @@ from .store import (
     Store,
     commit,
     delete,
+    dir_tokens,
+    dirs_under,
+    drop_dirs,
+    drop_task_dirs,
     keys_under,
     keys_under_many,
     open_store,
@@ -87,6 +100,7 @@ from .store import (
     prune,
     release,
     stat_under,
+    task_dirs,
     trim,
     trim_listed,
 )
@@ -181,7 +195,11 @@ class CacheEntry:
     """One stored value: its task, key, size in bytes, when it was written, its encoder,
     and when a run last used it (wrote or read it; seconds since the epoch, as
     ``written``).  A store that records no use (a dict, an fsspec mapper) gives the
-    time it was written."""
+    time it was written.
+
+    ``directory``: the entry's task directory (`taskmap.task_directory`), when the
+    call that stored it made one; ``output``: the files its captured stdout and
+    stderr went to (``capture_output``), those that exist."""
 
     task: str
     key: str
@@ -189,6 +207,8 @@ class CacheEntry:
     written: float
     encoder: str
     used: float = 0.0
+    directory: Path | None = None
+    output: tuple[Path, ...] = ()
 
 
 class Checkpoint:
@@ -206,6 +226,8 @@ class Checkpoint:
             None: no limit.
         secret: entries are signed with it, and only entries signed with it are
             decoded (str or bytes); None: entries are neither signed nor checked.
+        capture: tasks whose stdout and stderr also go to files in their task
+            directory (`taskmap.task_directory`).
     """
 
     def __init__(
@@ -218,8 +240,12 @@ class Checkpoint:
         encoders: Mapping[Task, Encoder | str] | None = None,
         limit: int | str | None = None,
         secret: str | bytes | None = None,
+        capture: Iterable[Task] = (),
     ) -> None:
         self.store = store
+        #: where the task directories live (None: the store is not a local directory)
+        self.dirs = task_dirs(store)
+        self.capture = frozenset(capture)
         self.write = _write_mode(write)
         self.limit = None if limit is None else parse_size("cache_limit", limit)
         self.secret = _secret_bytes("cache_secret", secret)
@@ -248,6 +274,7 @@ class Checkpoint:
             "encoders": self.encoders,
             "limit": self.limit,
             "secret": self.secret,
+            "capture": self.capture,
         }
         return (_restore, (self.store, settings))
 
@@ -291,6 +318,8 @@ class Checkpoint:
             self.reset.difference_update(tasks)
         values = sum(1 for key in keys if not _is_record(key))
         delete(self.store, keys)
+        # the directories of every call, also those that stored nothing (a failure)
+        drop_task_dirs(self.dirs, [prefix[:-1] for prefix in prefixes])
         return values
 
     def save(self, tasks: Sequence[Task] = ()) -> int:
@@ -320,8 +349,27 @@ class Checkpoint:
             for key, size, used, task, written, encoder in stats
             if not key.endswith("/last")
         ]
+        if self.dirs is not None and dir_tokens(self.dirs):
+            found = self._with_dirs(found, prefixes)
         found.sort(key=_by_task)
         return found
+
+    def _with_dirs(self, found: list[CacheEntry], prefixes: Sequence[str]) -> list[CacheEntry]:
+        """``found`` with their task directories and captured output files."""
+        tokens = {p[:-1] for p in prefixes} if "" not in prefixes else dir_tokens(self.dirs)
+        dirs = dirs_under(self.dirs, tokens)
+        if not dirs:
+            return found
+        out = []
+        for entry in found:
+            path = dirs.get(entry.key)
+            if path is not None:
+                files = tuple(
+                    f for f in (path / taskdir.STDOUT, path / taskdir.STDERR) if f.is_file()
+                )
+                entry = dataclasses.replace(entry, directory=path, output=files)
+            out.append(entry)
+        return out
 
     def prune(
         self,
@@ -340,7 +388,28 @@ class Checkpoint:
         found = [_entry(stat) for stat in dropped]
         if size is not None:
             found += self.trim(size, tasks)
+        self._drop_orphan_dirs(prefixes)
         return sorted(found, key=_by_task)
+
+    def _drop_orphan_dirs(self, prefixes: Sequence[str]) -> None:
+        """Remove the task directories of calls that stored no entry (they failed),
+        unless changed within `ORPHAN_AGE` seconds: such a call may be running now."""
+        if self.dirs is None or not dir_tokens(self.dirs):
+            return
+        dirs = dirs_under(self.dirs, [p[:-1] for p in prefixes])
+        if not dirs:
+            return
+        stored = keys_under_many(self.store, [f"{key.partition('/')[0]}/" for key in dirs])
+        if stored is None:
+            stored = {key for key in dirs if key in self.store}
+        now = time.time()
+        orphans = []
+        for key, path in dirs.items():
+            if key not in stored:
+                with contextlib.suppress(OSError):
+                    if now - path.stat().st_mtime > ORPHAN_AGE:
+                        orphans.append(key)
+        drop_dirs(self.dirs, orphans)
 
     def trim(self, max_bytes: int, tasks: Sequence[Task]) -> list[CacheEntry]:
         """Drop least-recently-used entries until the store holds at most ``max_bytes``:
@@ -424,6 +493,72 @@ class CacheRun:
         self.writer = _Writer(self.store, checkpoint.write)
         #: id(encoder) -> the `encode_result` partial shipped to workers (once each)
         self.shipped: dict[int, Callable[[Any], Encoded]] = {}
+        # rule 9: task directories
+        self.dirs = checkpoint.dirs
+        self.dir_tokens: set[str] | None = None  # tokens with directories (at a first call)
+        self.called: set[int] = set()  # tasks called in this run: a retry empties
+        self.calls: dict[int, taskdir.Call] = {}  # calls capturing here, until their outcome
+        self.teeing = False  # the Tee proxies are installed for this run
+
+    # -- calls: task directories and captured output (rule 9) ----------------
+
+    def context(self, tid: int) -> contextvars.Context:
+        """The context to call the task in, in this process (its output captured
+        from now on, when it is in ``capture_output``).  Call at each attempt."""
+        call = self._call(tid)
+        if call.capture and call.path is not None:
+            previous = self.calls.pop(tid, None)
+            if previous is not None:
+                previous.close()
+            try:
+                call.open()
+            except OSError as exc:  # a cache never fails a run
+                self._warn(f"task {call.task!r}: output not captured: {exc!r}")
+            else:
+                if not self.teeing:
+                    taskdir.begin_capture()
+                    self.teeing = True
+                self.calls[tid] = call
+        return taskdir.context(call)
+
+    def wire(self, tid: int) -> tuple[object, str | None, bool, str]:
+        """What a call elsewhere (a worker process) needs to know of its directory."""
+        return self._call(tid).wire()
+
+    def _call(self, tid: int) -> taskdir.Call:
+        name = self.names[tid]
+        key = self.keys[tid]
+        if key is None:
+            key = self._key(tid)
+        root = self.dirs
+        if root is None:
+            return taskdir.Call(
+                name,
+                None,
+                why=f"the graph's cache, {_describe(self.store)}, is not a directory on this "
+                "machine: task directories live beside the entries of cache='<directory>'",
+            )
+        if not key:
+            if name in self.checkpoint.uncached:
+                why = "the task is in uncached=, so it has no cache key and no directory"
+            else:
+                explained = self.why.get(name)
+                detail = f": {explained.detail}" if explained and explained.detail else ""
+                why = f"the task has no cache key{detail}, so no directory of its own"
+            return taskdir.Call(name, None, why=why)
+        path = f"{root}/{key}"
+        tokens = self.dir_tokens
+        if tokens is None:
+            tokens = self.dir_tokens = dir_tokens(root)
+        if tid in self.called or (tokens and key[: key.index("/")] in tokens):
+            taskdir.clear(path)  # left by an earlier call of this key (rule 2 of taskdir)
+        self.called.add(tid)
+        return taskdir.Call(name, path, name in self.checkpoint.capture)
+
+    def _end_call(self, tid: int) -> None:
+        call = self.calls.pop(tid, None)
+        if call is not None:
+            call.close()
 
     # -- looking up ----------------------------------------------------------
 
@@ -642,6 +777,8 @@ class CacheRun:
         ``encoded``: what `encoder_for`'s function returned in the worker (then the
         value is not read here: it may be a `Shared` handle the driver never loads).
         """
+        if self.calls:
+            self._end_call(tid)
         key = self.keys[tid]
         if not key:
             return
@@ -668,6 +805,8 @@ class CacheRun:
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
+        if self.calls:
+            self._end_call(tid)
         key = self.keys[tid]
         entry = self.inputs[tid]
         if not key or entry is None:
@@ -683,6 +822,12 @@ class CacheRun:
         ``write=False`` ends a dry run (`explain`): nothing was stored, nothing is reset,
         no use is recorded.  With a limit, the store is trimmed (rule 7).
         """
+        for call in self.calls.values():  # cancelled, interrupted
+            call.close()
+        self.calls.clear()
+        if self.teeing:
+            self.teeing = False
+            taskdir.end_capture()
         try:
             held = self.writer.close(self.used if write else [])
             if write and self.checkpoint.limit is not None:
@@ -912,6 +1057,10 @@ def _write_mode(write: object) -> WriteMode:
     )
 
 
+#: seconds: `prune_cache` leaves the directory of a call that stored no entry if it
+#: changed more recently (the call may still be running)
+ORPHAN_AGE = 3600.0
+
 #: the environment variable that gives a cache its secret when ``cache_secret`` does not
 SECRET_VARIABLE = "TASKMAP_CACHE_SECRET"
 
@@ -972,6 +1121,7 @@ def _restore(store: Store, settings: dict[str, Any]) -> Checkpoint:
         encoders=settings["encoders"],
         limit=settings.get("limit"),
         secret=settings.get("secret"),
+        capture=settings.get("capture", ()),
     )
     checkpoint.versions = {t: bytes.fromhex(v) for t, v in settings["versions"].items()}
     return checkpoint

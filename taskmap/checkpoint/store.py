@@ -48,6 +48,12 @@ Rules for the embedded default, `DirectoryStore`:
    Nothing is deleted.  Every thread's connection to the old file is replaced at
    its next use (a generation count); another process that finds the file already
    replaced (a new inode) reconnects without moving anything.
+8. **Task directories go with their entries** (issue 14): ``<path>/task-dirs/<key>``
+   holds what a task kept in `taskmap.task_directory` (and its captured output).
+   Whatever drops an entry (a deletion, `prune`, `trim`) removes its key's directory
+   once the transaction has committed.  Only the tasks that have directories are
+   looked at (one listing of ``task-dirs``), so a store without any pays one
+   ``stat``.
 
 ::
 
@@ -62,6 +68,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -80,6 +87,8 @@ Store = MutableMapping[str, bytes]
 T = TypeVar("T")
 
 DB_NAME = "taskmap-cache.sqlite3"
+#: the directory, beside the database, of the task directories (rule 8)
+TASK_DIRS = "task-dirs"
 SCHEMA_VERSION = 1
 _SCHEMA = "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, value BLOB NOT NULL)"
 #: schema version 1: what rule 6 keeps beside the entries
@@ -130,6 +139,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
             raise NotADirectoryError(f"cache directory {str(self.path)!r} is a file")
         self.path.mkdir(parents=True, exist_ok=True)
         self.file = self.path / DB_NAME
+        self.dirs = self.path.absolute() / TASK_DIRS  # a task may change directory
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
@@ -350,6 +360,8 @@ class DirectoryStore(MutableMapping[str, bytes]):
                 db.executemany(sql, rows)
 
         self._write(body)
+        if deletes:
+            drop_dirs(self.dirs, deletes)
 
     def __delitem__(self, key: str) -> None:
         if not self.delete([key]):
@@ -365,6 +377,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
         count = self._write(body)
         if count:
             self._vacuum()
+        drop_dirs(self.dirs, keys)
         return count
 
     def keys_under(self, prefix: str) -> list[str]:
@@ -450,6 +463,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
             return None
         if dropped:
             self._vacuum()
+            drop_dirs(self.dirs, [stat.key for stat in dropped])
         return dropped
 
     def usage(self) -> tuple[int, int]:
@@ -483,6 +497,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
         dropped = self._write(body)
         if dropped:
             self._vacuum()
+            drop_dirs(self.dirs, [stat.key for stat in dropped])
         return dropped
 
     def _vacuum(self) -> None:
@@ -748,6 +763,66 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def task_dirs(store: Store) -> Path | None:
+    """Where the task directories of ``store``'s entries live (rule 8): beside the
+    database of a `DirectoryStore` (the first store of a chain); None for a store
+    that is not a directory on this machine (a dict, an fsspec mapper)."""
+    if isinstance(store, ChainStore):
+        store = store.stores[0]
+    return store.dirs if isinstance(store, DirectoryStore) else None
+
+
+def dir_tokens(root: Path | None) -> set[str]:
+    """The task tokens (key prefixes, without the slash) that have directories."""
+    if root is None:
+        return set()
+    try:
+        return {entry.name for entry in os.scandir(root) if entry.is_dir()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+def dirs_under(root: Path | None, tokens: Iterable[str]) -> dict[str, Path]:
+    """key -> its directory, for the keys of ``tokens`` that have one."""
+    found: dict[str, Path] = {}
+    present = dir_tokens(root)
+    if not present or root is None:
+        return found
+    for token in present.intersection(tokens):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root / token):
+                if entry.is_dir():
+                    found[f"{token}/{entry.name}"] = Path(entry.path)
+    return found
+
+
+def drop_dirs(root: Path | None, keys: Iterable[str]) -> None:
+    """Remove the directories of ``keys`` (those that have one: rule 8)."""
+    present = dir_tokens(root)
+    if not present or root is None:
+        return
+    emptied = set()
+    for key in keys:
+        token, _, rest = key.partition("/")
+        if token in present and rest and rest != "last":
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                shutil.rmtree(root / key)
+                emptied.add(token)
+    for token in emptied:
+        with contextlib.suppress(OSError):  # not empty: another key's directory stays
+            os.rmdir(root / token)
+
+
+def drop_task_dirs(root: Path | None, tokens: Iterable[str]) -> None:
+    """Remove every directory of the tasks of ``tokens`` (clear_cache, reset_tasks)."""
+    present = dir_tokens(root)
+    if root is None:
+        return
+    for token in present.intersection(tokens):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            shutil.rmtree(root / token)
 
 
 def _close_all(connections: list[sqlite3.Connection]) -> None:
