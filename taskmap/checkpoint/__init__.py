@@ -98,6 +98,7 @@ from .store import (
     parse_duration,
     parse_size,
     prune,
+    quiet_gc,
     release,
     stat_under,
     task_dirs,
@@ -336,22 +337,11 @@ class Checkpoint:
 
         Reads heads only: the default store keeps them beside the values."""
         prefixes = [""] if tasks is None else [f"{self.token(t)}/" for t in tasks]
-        stats = stat_under(self.store, prefixes)
-        found = [  # `_entry`, inlined: a listing of 100,000 entries makes 100,000 records
-            CacheEntry(
-                key.partition("/")[0] if task is None else task,
-                key,
-                size,
-                written or 0.0,
-                encoder or "?",
-                (written or 0.0) if used is None else used,
-            )
-            for key, size, used, task, written, encoder in stats
-            if not key.endswith("/last")
-        ]
-        if self.dirs is not None and dir_tokens(self.dirs):
-            found = self._with_dirs(found, prefixes)
-        found.sort(key=_by_task)
+        with quiet_gc():
+            found = _entries_of(stat_under(self.store, prefixes))
+            if self.dirs is not None and dir_tokens(self.dirs):
+                found = self._with_dirs(found, prefixes)
+            found.sort(key=_by_task)
         return found
 
     def _with_dirs(self, found: list[CacheEntry], prefixes: Sequence[str]) -> list[CacheEntry]:
@@ -384,12 +374,13 @@ class Checkpoint:
         `trim`).  Returns what was dropped, sorted by task then key."""
         age, size = prune_options(keep_last, older_than, max_bytes)
         prefixes = [f"{self.token(t)}/" for t in tasks]
-        dropped = prune(self.store, prefixes, keep_last=keep_last, older_than=age)
-        found = [_entry(stat) for stat in dropped]
-        if size is not None:
-            found += self.trim(size, tasks)
-        self._drop_orphan_dirs(prefixes)
-        return sorted(found, key=_by_task)
+        with quiet_gc():
+            found = _entries_of(prune(self.store, prefixes, keep_last=keep_last, older_than=age))
+            if size is not None:
+                found += self.trim(size, tasks)
+            self._drop_orphan_dirs(prefixes)
+            found.sort(key=_by_task)
+        return found
 
     def _drop_orphan_dirs(self, prefixes: Sequence[str]) -> None:
         """Remove the task directories of calls that stored no entry (they failed),
@@ -438,6 +429,22 @@ def prune_options(
     age = None if older_than is None else parse_duration("older_than", older_than)
     size = None if max_bytes is None else parse_size("max_bytes", max_bytes)
     return age, size
+
+
+def _entries_of(stats: Iterable[Stat]) -> list[CacheEntry]:
+    """The listing's records of ``stats`` (``last`` records left out)."""
+    return [  # `_entry`, inlined: a listing of 100,000 entries makes 100,000 records
+        CacheEntry(
+            key.partition("/")[0] if task is None else task,
+            key,
+            size,
+            written or 0.0,
+            encoder or "?",
+            (written or 0.0) if used is None else used,
+        )
+        for key, size, used, task, written, encoder in stats
+        if not key.endswith("/last")
+    ]
 
 
 def _entry(stat: Stat) -> CacheEntry:
