@@ -127,6 +127,7 @@ Task = Hashable
 WriteMode = Literal["exit", "end", "manual"] | float
 _DEFAULT_ENCODER = ENCODERS["pickle"]
 _UNKNOWN = b"?"  # a digest not computed yet
+_NO_HEAD = (None, None, None)  # what meta keeps of a `last` record's (absent) header
 _UNHASHABLE = b""  # a value with no canonical digest: its children are never cached
 _NONE_DIGEST = digest(None)
 
@@ -598,7 +599,8 @@ class CacheRun:
                 )
                 return self._miss(tid, Reason.UNSIGNED)
             try:
-                value, out = self._decode(data) if load else self._peek(data)
+                signed = self.signer is not None  # its tag held: no CRC to compute
+                value, out = self._decode(data, signed) if load else self._peek(data)
             except Exception as exc:  # torn, corrupt, or written by another version
                 self._warn(f"task {name!r}: cached entry unreadable, running it again: {exc}")
                 return self._miss(tid, Reason.UNREADABLE, str(exc))
@@ -706,8 +708,8 @@ class CacheRun:
             self._warn(f"cache store {_describe(self.store)} could not be listed ({exc!r})")
             self.present = None
 
-    def _decode(self, data: bytes) -> tuple[Any, bytes]:
-        name, out, payload = unpack_entry(data)
+    def _decode(self, data: bytes, verified: bool = False) -> tuple[Any, bytes]:
+        name, out, payload = unpack_entry(data, verified=verified)
         encoder = self.checkpoint.decoders.get(name)
         if encoder is None:
             raise CorruptEntryError(f"written with unknown encoder {name!r}")
@@ -799,8 +801,9 @@ class CacheRun:
         code, inputs = self.inputs[tid]  # type: ignore[misc]
         code_hex, digests = code.hex(), [d.hex() for d in inputs]
         listed = ",".join([f'"{d}"' for d in digests])  # hex: nothing to escape
+        written = time.time()
         meta = (  # the header's JSON members, built directly: this is the hot path
-            f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{time.time()!r}'
+            f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(name)},"t":{written!r}'
         )
         data = pack_entry(payload, encoder.name, out, meta)
         if self.signer is not None:
@@ -808,7 +811,11 @@ class CacheRun:
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
-        self.writer.put([(key, data), (_record_key(key), last)])
+        # what the store's meta table keeps of the header: known here, not parsed there
+        record = _record_key(key)
+        heads = self.writer.heads
+        heads[key], heads[record] = (_label(name)[:200], written, encoder.name), _NO_HEAD
+        self.writer.put([(key, data), (record, last)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
@@ -883,6 +890,8 @@ class _Writer:
         self.wake = threading.Event()
         self.closing = threading.Event()
         self.errors: list[str] = []  # warned from the driver's thread, at close
+        #: key -> (task, time written, encoder) of the entries put, until written
+        self.heads: dict[str, tuple[str | None, float | None, str | None]] = {}
         self.linger = mode if isinstance(mode, float) else self.LINGER
         self.threaded = mode not in ("end", "manual")
         self.thread: threading.Thread | None = None
@@ -934,8 +943,13 @@ class _Writer:
             release(self.store)  # this thread's connection ends with it
 
     def _write(self, batch: list[tuple[str, bytes | None]], used: Sequence[str] = ()) -> None:
+        heads, pop = {}, self.heads.pop
+        for key, _ in batch:
+            head = pop(key, None)
+            if head is not None:
+                heads[key] = head
         try:
-            _apply(self.store, batch, used)
+            _apply(self.store, batch, used, heads)
         except CacheWarning as warning:  # the store healed (and wrote): a filter made it an error
             self.errors.append(str(warning))
         except Exception as exc:
@@ -946,7 +960,10 @@ class _Writer:
 
 
 def _apply(
-    store: Store, batch: Sequence[tuple[str, bytes | None]], used: Sequence[str] = ()
+    store: Store,
+    batch: Sequence[tuple[str, bytes | None]],
+    used: Sequence[str] = (),
+    heads: Mapping[str, tuple[str | None, float | None, str | None]] | None = None,
 ) -> None:
     """Write and delete in order (the last operation on a key wins), and record the
     uses of ``used`` keys: one transaction on the default store."""
@@ -956,7 +973,7 @@ def _apply(
         final[key] = data
     writes = [(k, d) for k, d in final.items() if d is not None]
     deletes = [k for k, d in final.items() if d is None]
-    commit(store, writes, deletes, used)
+    commit(store, writes, deletes, used, heads)
 
 
 #: a value's output digest, its encoded entry payload (None if the encoder could not:

@@ -332,12 +332,15 @@ class DirectoryStore(MutableMapping[str, bytes]):
         deletes: Sequence[str] = (),
         uses: Sequence[str] = (),
         when: float | None = None,
+        heads: Mapping[str, tuple[str | None, float | None, str | None]] | None = None,
     ) -> None:
         """Write, delete and record the use of entries in one transaction (rule 6).
 
         ``uses``: keys a run read.  Their last use, and that of the written entries,
         becomes ``when`` (default: now); a use within `USE_RESOLUTION` seconds of the
         last one recorded is not written (a rerun loop dirties no page).
+        ``heads``: key -> the task, time written and encoder its entry's header names,
+        as the writer knows them (the header is not parsed again for ``meta``).
         """
         used = time.time() if when is None else when
         final = dict(writes)  # the last write of a key wins
@@ -346,7 +349,11 @@ class DirectoryStore(MutableMapping[str, bytes]):
             if final:
                 count, size = _sizes(db, list(final))  # of the entries replaced
                 db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", final.items())
-                meta = [(k, len(d), used, *_fields(d)) for k, d in final.items()]
+                known = heads or {}
+                meta = [
+                    (k, len(d), used, *head) if (head := known.get(k)) else _meta(k, d, used)
+                    for k, d in final.items()
+                ]
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)", meta)
                 added = sum(row[1] for row in meta)
                 db.execute(_COUNT, (len(meta) - count, added - size))
@@ -689,6 +696,13 @@ def _stat_of(
         return Stat(key, size, used, *_fields(blob.read(span)))
 
 
+def _meta(key: str, data: bytes, used: float) -> tuple[Any, ...]:
+    """A row of ``meta`` for an entry written without its header's fields at hand."""
+    if key.endswith("/last"):  # a task's record of its last run: no header
+        return (key, len(data), used, None, None, None)
+    return (key, len(data), used, *_fields(data))
+
+
 def _fields(data: bytes) -> tuple[str | None, float | None, str | None]:
     """The task, time written and encoder an entry's header names (Nones: not an
     entry, or a damaged header)."""
@@ -941,10 +955,11 @@ def commit(
     writes: Sequence[tuple[str, bytes]],
     deletes: Sequence[str],
     uses: Sequence[str],
+    heads: Mapping[str, tuple[str | None, float | None, str | None]] | None = None,
 ) -> None:
     """Write, delete, and record uses: one transaction where the store offers it."""
     if isinstance(store, DirectoryStore):
-        store.commit(writes, deletes, uses)
+        store.commit(writes, deletes, uses, heads=heads)
         return
     if writes:
         store.update(writes)
