@@ -759,7 +759,9 @@ def list_cache(graph: Graph, tasks: Task | Iterable[Task] | None = None) -> list
 
     Returns:
         `CacheEntry` records (task, key, size in bytes, time written, encoder, time
-        last used), sorted by task; an empty list when the graph has no cache.
+        last used, and its task directory and captured output files when its call
+        made them: see `task_directory` and ``capture_output``), sorted by task; an
+        empty list when the graph has no cache.
     """
     if graph.checkpoint is None:
         return []
