@@ -360,3 +360,25 @@ def test_a_pickled_graph_keeps_capture_output(tmp_path: Path) -> None:
     restored = pickle.loads(pickle.dumps(graph))
     assert restored.checkpoint is not None
     assert restored.checkpoint.capture == {"a"}
+
+
+def test_a_thread_of_an_io_bound_task_captures_into_its_own_files(tmp_path: Path) -> None:
+    funcs = {"a": functools.partial(chatty, "a"), "b": functools.partial(chatty, "b")}
+    graph = graph_of(funcs, tmp_path, io_bound=["a", "b"], capture_output=["a"])
+    entries = {e.task: e for e in taskmap.list_cache(taskmap.run_async(graph))}
+    assert [p.read_text() for p in entries["a"].output] == ["out of a\n", "err of a\n"]
+    assert entries["b"].output == ()
+
+
+def test_a_foreign_executor_gets_the_directory_and_captures(tmp_path: Path) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    funcs = {"a": functools.partial(keep, "x"), "b": functools.partial(chatty, "b")}
+    graph = graph_of(funcs, tmp_path, capture_output=["b"])
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
+        graph = taskmap.run_parallel_async(graph, executor=executor)
+    assert (Path(graph.results["a"]) / "made.txt").read_text() == "x"
+    entries = {e.task: e for e in taskmap.list_cache(graph)}
+    assert [p.read_text() for p in entries["b"].output] == ["out of b\n", "err of b\n"]
