@@ -24,6 +24,9 @@ Usage::
    set to about four days of entries; after every run the store's bytes must be
    under the limit and the report right.  Reported: the largest usage seen, the
    database file's size at day 30 and day 365, the time per run.
+4. *The cold run's cost of the store*, for information (what keeping size and last
+   use beside the entries costs): the 10,000-task graph of 1. run once under
+   `taskmap.run` into a new directory, a fresh process per repeat, median of 7.
 
 A missed goal prints MISS; the exit status is 0 anyway: this is a report, not a test.
 """
@@ -243,6 +246,21 @@ def daily(day: int, cache: Path, limit: int | None) -> taskmap.Graph:
     return taskmap.create_graph(funcs, deps, cache=cache, cache_limit=limit)
 
 
+def bench_cold(n: int, repeat: int, base: Path) -> float:
+    print(f"\n4. cold run, {n:,} tasks under run, a new store each, median of {repeat}")
+    times = []
+    for i in range(repeat):
+        out = spawn({"n": n, "dir": str(base / f"cold-{i}")})
+        if out["stored"] != n:
+            raise AssertionError(f"not a cold run: {out}")
+        times.append(out["seconds"])
+    print(
+        f"  create_graph + run {fmt_seconds(median(times)):>10}"
+        f"  {median(times) / n * 1e6:6.2f} µs/task   (all {', '.join(map(fmt_seconds, times))})"
+    )
+    return median(times)
+
+
 def bench_year(days: int, base: Path) -> tuple[bool, str]:
     print(f"\n3. a year of daily runs: {days} runs, the input changing every day, cache_limit set")
     cache = base / "year"
@@ -289,6 +307,7 @@ def main() -> int:
         signing = bench_signing(n, repeat, base)
         prune = bench_prune(entries, base)
         year_ok, year = bench_year(365, base)
+        cold = bench_cold(n, repeat, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print("\ngoals")
@@ -301,6 +320,7 @@ def main() -> int:
         )
     print(f"a year of daily runs under cache_limit, every run right: {'OK' if year_ok else 'MISS'}")
     print(f"  ({year})")
+    print(f"cold run of {n:,} tasks under run, default store: {fmt_seconds(cold)} (information)")
     return 0
 
 

@@ -33,6 +33,7 @@ if _typing.TYPE_CHECKING:
     from .errors import RunStoppedError as RunStoppedError
     from .errors import SerializationError as SerializationError
     from .errors import StallWarning as StallWarning
+    from .errors import TaskDirectoryError as TaskDirectoryError
     from .errors import TaskError as TaskError
     from .errors import TaskmapError as TaskmapError
     from .errors import TaskTimeoutError as TaskTimeoutError
@@ -78,6 +79,7 @@ if _typing.TYPE_CHECKING:
     from .runners import run_async as run_async
     from .runners import run_parallel as run_parallel
     from .runners import run_parallel_async as run_parallel_async
+    from .taskdir import task_directory as task_directory
 
 __version__ = "1.0.0.dev0"
 
@@ -109,6 +111,7 @@ __all__ = [
     "RunStoppedError",
     "SerializationError",
     "StallWarning",
+    "TaskDirectoryError",
     "TaskError",
     "TaskExpanded",
     "TaskFailed",
@@ -146,6 +149,7 @@ __all__ = [
     "run_parallel",
     "run_parallel_async",
     "save_cache",
+    "task_directory",
     "to_chrome_trace",
     "to_dot",
     "to_html",
@@ -190,6 +194,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "RunStoppedError",
         "SerializationError",
         "StallWarning",
+        "TaskDirectoryError",
         "TaskError",
         "TaskTimeoutError",
         "TaskmapError",
@@ -246,6 +251,7 @@ _LAZY: dict[str, tuple[str, ...]] = {
         "run_parallel",
         "run_parallel_async",
     ),
+    ".taskdir": ("task_directory",),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

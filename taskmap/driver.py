@@ -42,6 +42,7 @@ thread future records the outcome and starts what became READY.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import random
 import signal
@@ -581,9 +582,15 @@ def drive_sync(outcomes: Outcomes) -> None:
                 start[tid] = clock()
                 lane[tid] = MAIN
             try:
-                value = funcs[name](*args)
-                if type(value) is CoroutineType:
-                    value = loop.get().run(value)
+                if cache is None:
+                    value = funcs[name](*args)
+                    if type(value) is CoroutineType:
+                        value = loop.get().run(value)
+                else:  # in the context task_directory() answers from
+                    ctx = cache.context(tid)
+                    value = ctx.run(funcs[name], *args)
+                    if type(value) is CoroutineType:
+                        value = loop.get().run(value, ctx)
             except Exception as exc:
                 call_note(exc, name, graph, len(args))
                 outcomes.failed(tid, exc)
@@ -626,15 +633,16 @@ def _call_with_policies(
     seconds = outcomes.timeouts.get(tid)
     while True:
         outcomes.started(tid, MAIN)
+        ctx = contextvars.copy_context() if outcomes.cache is None else outcomes.cache.context(tid)
         try:
             if seconds is None:
-                value = func(*args)
+                value = ctx.run(func, *args)
             elif inspect.iscoroutinefunction(func):
-                value = timed(func(*args), seconds, name, "cancelled")
+                value = timed(ctx.run(func, *args), seconds, name, "cancelled")
             else:  # a plain function cannot be stopped: wait for it in a thread
-                value = call_in_thread(func, args, seconds, name)
+                value = ctx.run(call_in_thread, func, args, seconds, name)
             if type(value) is CoroutineType:
-                value = loop.get().run(value)
+                value = loop.get().run(value, ctx)
             return True, value
         except Exception as exc:
             call_note(exc, outcomes.tasks[tid], graph, len(args))
@@ -935,15 +943,22 @@ class AsyncDriver:
             seconds = outcomes.timeouts.get(tid)
             if tid in outcomes.retries:
                 self.retry_args[tid] = args
+        # with a cache, the task runs in the context task_directory() answers from
+        ctx = None if outcomes.cache is None else outcomes.cache.context(tid)
         # (inspect.iscoroutinefunction costs more than a no-op task: asked only here)
         if (seconds is not None or self.frontier.is_io(tid)) and not (
             inspect.iscoroutinefunction(func)
         ):
             outcomes.started(tid, THREAD)
             if seconds is not None:  # the loop can only time what does not block it
-                self._watch(tid, in_thread(func, args, seconds, name))
-            else:
+                if ctx is None:
+                    self._watch(tid, in_thread(func, args, seconds, name))
+                else:
+                    self._watch(tid, ctx.run(in_thread, func, args, seconds, name))
+            elif ctx is None:
                 self._watch(tid, asyncio.wrap_future(self._pool().submit(func, *args)))
+            else:
+                self._watch(tid, asyncio.wrap_future(self._pool().submit(ctx.run, func, *args)))
             return
         if self.interrupted:
             # Ctrl-C came while the loop was between two calls: the run is being
@@ -953,7 +968,7 @@ class AsyncDriver:
         outcomes.started(tid, LOOP)
         self.inline_call = True
         try:
-            value = func(*args)
+            value = func(*args) if ctx is None else ctx.run(func, *args)
         except Exception as exc:
             call_note(exc, task, graph, len(args))
             self._failed(tid, exc)
@@ -968,7 +983,7 @@ class AsyncDriver:
                 watch.watch(tid, name, value)  # before an eager start runs its first step
             if seconds is not None:
                 value = timed(value, seconds, name, "cancelled")
-            self._watch(tid, _start_task(value))
+            self._watch(tid, _start_task(value) if ctx is None else ctx.run(_start_task, value))
         else:
             if self.retry_args:
                 self.retry_args.pop(tid, None)
@@ -1022,6 +1037,7 @@ class AsyncDriver:
                 timeout=outcomes.timeouts.get(tid),
                 post=None if cache is None else cache.encoder_for(tid),
                 hold=self.hold is not None and self.hold[tid],
+                directory=None if cache is None else cache.wire(tid),
             )
         except TaskError as exc:  # the function or arguments cannot be sent
             outcomes.started(tid, LOOP)

@@ -19,6 +19,8 @@ The hierarchy::
     │                                  could not cross to or from its worker process
     ├── NoStoredResultError(LookupError)  load_result: the cache holds no value for the
     │                                  task's current code and inputs
+    ├── TaskDirectoryError(RuntimeError)  task_directory: no directory for this call
+    │                                  (outside a task, no local cache, no cache key)
     └── GraphvizError(RuntimeError)    Graphviz's dot failed or timed out (to_svg)
 
     CacheWarning(UserWarning)          a cache entry could not be read or written: the
@@ -48,6 +50,7 @@ __all__ = [
     "RunStoppedError",
     "SerializationError",
     "StallWarning",
+    "TaskDirectoryError",
     "TaskError",
     "TaskTimeoutError",
     "TaskmapError",
@@ -386,6 +389,29 @@ class NoStoredResultError(TaskmapError, LookupError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.task, self.reason, self.detail))
+
+
+class TaskDirectoryError(TaskmapError, RuntimeError):
+    """`task_directory` was called where there is no task directory: outside a task,
+    in a task of a graph without a cache on a local directory, or in a task without a
+    cache key (``uncached=``, or an input with no digest).
+
+    Raised to the caller of `task_directory` (inside a task, it fails the task as any
+    exception does); unlike a `TaskError` it is not made by taskmap for a task.
+
+    Attributes:
+        task: the task that asked, or None outside a task.
+        why: what is missing, in words.
+    """
+
+    def __init__(self, task: Hashable | None, why: str) -> None:
+        self.task = task
+        self.why = why
+        where = "outside a task" if task is None else f"in task {task!r}"
+        super().__init__(f"task_directory() {where}: {why}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.task, self.why))
 
 
 class GraphvizError(TaskmapError, RuntimeError):

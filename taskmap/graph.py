@@ -252,6 +252,7 @@ def create_graph(
     cache_write: WriteMode = "exit",
     cache_limit: int | str | None = None,
     cache_secret: str | bytes | None = None,
+    capture_output: Iterable[Any] | None = None,
     retries: Mapping[Any, int | Retry] | Iterable[Any] | None = None,
     timeouts: Mapping[Any, float] | None = None,
     channels: Mapping[Any, str | Iterable[str]] | None = None,
@@ -298,6 +299,10 @@ def create_graph(
         cache_secret: a str or bytes that signs every entry (HMAC-SHA256); with
             it, an entry not signed with it is never decoded (a miss, with a
             warning).  Default: ``$TASKMAP_CACHE_SECRET``, if set.
+        capture_output: tasks whose stdout and stderr also go to ``stdout.txt`` and
+            ``stderr.txt`` in their task directory (`task_directory`), kept with
+            their entry and shown by `list_cache`.  Needs ``cache=`` on a local
+            directory; a task in ``uncached`` has no directory to capture into.
         retries: task -> how many times to retry it when it raises, or a `Retry`
             (backoff, jitter, which exception types); a list of names gives each
             ``Retry()``: 3 retries after 0.5, 1 and 2 s (less jitter).  Every
@@ -333,7 +338,8 @@ def create_graph(
         MissingFunctionError: a task has no function in ``funcs``.
         NotCallableError: a task's function is not callable.
         UnknownTaskError: ``io_bound``, ``done``, ``results``, ``uncached``,
-            ``versions``, ``encoders``, ``expand`` or a policy names a non-task.
+            ``versions``, ``encoders``, ``capture_output``, ``expand`` or a policy
+            names a non-task (a `GraphError`, so a ValueError, naming every one).
         ExpandError: a task is expanded over something it does not depend on,
             over more than one dependency, or along a cycle.
         TypeError: an argument has the wrong type.
@@ -368,6 +374,7 @@ def create_graph(
     for where in ("retries", "timeouts", "channels", "priorities"):
         plan.ids(where, getattr(policies, where))
     checkpoint = None
+    captured = _names_of("capture_output", capture_output, plan)
     if cache is not None:
         checkpoint = Checkpoint(
             open_store(cache),
@@ -377,9 +384,16 @@ def create_graph(
             encoders=_per_task("encoders", encoders, plan),
             limit=cache_limit,
             secret=resolve_secret(cache_secret),
+            capture=captured,
         )
+        _check_capture(checkpoint, captured)
     else:
-        options = {"uncached": uncached, "versions": versions, "encoders": encoders}
+        options = {
+            "uncached": uncached,
+            "versions": versions,
+            "encoders": encoders,
+            "capture_output": captured,
+        }
         given = [k for k, v in options.items() if v] + [
             k
             for k, v in (("cache_limit", cache_limit), ("cache_secret", cache_secret))
@@ -403,6 +417,25 @@ def create_graph(
         gather_failures=gather_failures,
     )
     return graph
+
+
+def _check_capture(checkpoint: Checkpoint, captured: list[Task]) -> None:
+    """Output is captured into task directories: those must be possible."""
+    if not captured:
+        return
+    if checkpoint.dirs is None:
+        raise ValueError(
+            "capture_output needs a cache on a local directory (cache='<directory>', or a "
+            "list whose first store is one): the output files live in task directories "
+            "beside the entries (the cache given is "
+            f"{with_article(type(checkpoint.store).__name__)})"
+        )
+    opted_out = sorted(map(repr, checkpoint.uncached.intersection(captured)))
+    if opted_out:
+        raise ValueError(
+            f"capture_output names tasks in uncached=, which have no cache key and so no "
+            f"directory to capture into: {', '.join(opted_out)}"
+        )
 
 
 def _per_task(where: str, values: Mapping[Task, Any] | None, plan: Plan) -> dict[Task, Any]:
@@ -1054,7 +1087,9 @@ def list_cache(graph: Graph, tasks: Task | Iterable[Task] | None = None) -> list
 
     Returns:
         `CacheEntry` records (task, key, size in bytes, time written, encoder, time
-        last used), sorted by task; an empty list when the graph has no cache.
+        last used, and its task directory and captured output files when its call
+        made them: see `task_directory` and ``capture_output``), sorted by task; an
+        empty list when the graph has no cache.
     """
     if graph.checkpoint is None:
         return []

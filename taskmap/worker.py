@@ -9,9 +9,12 @@ a pickled tuple whose first item is its tag::
     driver -> worker   ("fn", fid, function bytes)          before its first use there
                        (the bytes of a `SameCode`: a function whose code came with fid
                        ``base``, sent before it)
-                       ("run", tid, fid, arguments, post fid or -1, keywords or None, flags)
+                       ("run", tid, fid, arguments, post fid or -1, keywords or None, flags
+                        [, directory])
                        ("runs", tid, fid, layouts, (arguments, keywords) bytes, post fid,
-                        flags)                             + one fd per layout
+                        flags [, directory])               + one fd per layout
+                       directory: the task's `taskdir.Call` (a cached graph), as plain
+                       values; the call is made in a context that holds it
                        ("export", tid)               a held value, for use elsewhere
                        ("stop",)
     worker -> driver   ("ready", pid)
@@ -64,7 +67,9 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
+import functools
 import importlib
 import io
 import logging
@@ -411,11 +416,13 @@ def run_message(
     post_fid: int = -1,
     kwargs: dict[str, Any] | None = None,
     flags: int = 0,
+    directory: tuple[Any, ...] | None = None,
 ) -> tuple[bytes, list[Shared]]:
     """The "run" message for a task, and the segments whose fds must follow it."""
+    more = () if directory is None else (directory,)  # optional last field
     shared = [a for a in args if type(a) is Shared]
     if not shared:
-        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid, kwargs, flags)), []
+        return dumps_for_worker(("run", tid, fid, tuple(args), post_fid, kwargs, flags, *more)), []
     index, placed = 0, []
     for arg in args:
         if type(arg) is Shared:
@@ -425,7 +432,7 @@ def run_message(
             placed.append(arg)
     blob = dumps_for_worker((tuple(placed), kwargs))
     layouts = [s.layout for s in shared]
-    return dumps(("runs", tid, fid, layouts, blob, post_fid, flags)), shared
+    return dumps(("runs", tid, fid, layouts, blob, post_fid, flags, *more)), shared
 
 
 def send_fds(sock: socket.socket, fds: Sequence[int]) -> None:
@@ -558,7 +565,7 @@ def main(
                 continue
             segments: list[Shared] = []
             if message[0] == "runs":  # Rule 7: the fds of its segments follow it
-                _, tid, fid, layouts, blob, post_fid, flags = message
+                _, tid, fid, layouts, blob, post_fid, flags, *where = message
                 fds = recv_fds(sock, len(layouts))
                 segments = [Shared(fd, layout) for fd, layout in zip(fds, layouts, strict=True)]
                 try:
@@ -569,7 +576,8 @@ def main(
                     send(("badinput", f"{type(exc).__qualname__}: {exc}"))
                     continue
             else:
-                _, tid, fid, args, post_fid, kwargs, flags = message
+                _, tid, fid, args, post_fid, kwargs, flags, *where = message
+            call, context = _enter(where[0]) if where else (None, None)
             started = time.perf_counter()
             try:
                 if segments:
@@ -579,6 +587,8 @@ def main(
                 func = functions[fid]
                 if isinstance(func, Exception):
                     raise func
+                if context is not None:  # task_directory() answers from it
+                    func = functools.partial(context.run, func)
                 try:
                     value = func(*args, **kwargs) if kwargs else func(*args)
                 except TypeError as exc:
@@ -590,7 +600,7 @@ def main(
                         import asyncio
 
                         runner = asyncio.Runner(loop_factory=_new_event_loop())
-                    value = runner.run(value)
+                    value = runner.run(value, context=context or contextvars.copy_context())
             except BaseException as exc:
                 reply: bytes = dumps(_error_reply(tid, exc, started))
                 segment = None
@@ -605,6 +615,8 @@ def main(
                 for shared in segments:  # mapped (or never used): the fds can go
                     shared.close()
                 args = kwargs = value = None  # large inputs and results go before the next task
+                if call is not None:
+                    _leave(call)
             sys.stdout.flush()
             sys.stderr.flush()
             if segment is None:
@@ -615,6 +627,30 @@ def main(
     finally:
         if runner is not None:
             runner.close()
+
+
+def _enter(wire: tuple[Any, ...], *, fds: bool = True) -> tuple[Any, Any]:
+    """The task's `taskdir.Call` and context; its output captured from now on (in
+    its files only, for what is written to fd 1 and 2 below Python)."""
+    from . import taskdir  # only a cached graph's calls need it
+
+    call, context = taskdir.from_wire(wire)
+    if call.capture:
+        try:
+            call.open(fds=fds)
+        except OSError as exc:
+            print(f"taskmap: output of task {call.task!r} not captured: {exc!r}", file=sys.stderr)
+        else:
+            taskdir.begin_capture()
+    return call, context
+
+
+def _leave(call: Any) -> None:
+    from . import taskdir
+
+    if call.files is not None:
+        call.close()
+        taskdir.end_capture()
 
 
 def _fill_slots(args: tuple[Any, ...], segments: list[Shared]) -> tuple[Any, ...]:
@@ -672,8 +708,14 @@ def _error_reply(tid: int, exc: BaseException, started: float) -> tuple[Any, ...
     return ("err", tid, started, ended, blob, type(exc).__qualname__, str(exc), tb)
 
 
-def call_pickled(fn_blob: bytes, args_blob: bytes) -> tuple[Any, str, float]:
+def call_pickled(
+    fn_blob: bytes, args_blob: bytes, directory: tuple[Any, ...] | None = None
+) -> tuple[Any, str, float]:
     """Call a pickled function on pickled arguments: what a foreign Executor runs.
+
+    ``directory``: the task's `taskdir.Call` as plain values (a cached graph): the
+    call is made in a context that holds it; its path must be reachable where the
+    call runs (the same machine, or a shared file system).
 
     Returns ``(value, where, seconds)``: where it ran (``host/pid``, and the thread
     unless it is the main one) and how long the call took.  A coroutine function's
@@ -682,19 +724,26 @@ def call_pickled(fn_blob: bytes, args_blob: bytes) -> tuple[Any, str, float]:
     driver turns back into its ``__cause__`` and its span.
     """
     started = time.perf_counter()
+    # (an executor may run calls in threads of one process: no fd redirection there)
+    call, context = _enter(directory, fds=False) if directory is not None else (None, None)
     try:
-        value = loads(fn_blob)(*loads(args_blob))
+        if context is None:
+            context = contextvars.copy_context()
+        value = context.run(loads(fn_blob), *loads(args_blob))
         if type(value) is CoroutineType:
             import asyncio
 
             with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
-                value = runner.run(value)
+                value = runner.run(value, context=context)
         return value, _where(), time.perf_counter() - started
     except Exception as exc:
         # __cause__ does not survive pickling but __dict__ does: the driver restores it.
         exc._taskmap_remote_tb = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
         exc._taskmap_span = (_where(), time.perf_counter() - started)  # type: ignore[attr-defined]
         raise
+    finally:
+        if call is not None:
+            _leave(call)
 
 
 def _where() -> str:

@@ -27,6 +27,7 @@ LAYERS = {
     "policies": 2,
     "checkpoint": 2,
     "worker": 2,
+    "taskdir": 2,
     "graph": 3,
     "backends": 3,
     "frontier": 4,
@@ -50,8 +51,10 @@ ALLOWED = {
     "errors": set(),
     "events": set(),
     "policies": ROW_1,
-    "checkpoint": ROW_1,
-    "worker": ROW_1,
+    # checkpoint gives each call its task directory; a worker sets it around the call
+    "taskdir": ROW_1,
+    "checkpoint": ROW_1 | {"taskdir"},
+    "worker": ROW_1 | {"taskdir"},
     # record holds a run's data (RunStats) and sits below graph, which carries it
     "record": ROW_1 | {"checkpoint"},
     "graph": ROW_1 | {"policies", "checkpoint", "record"},

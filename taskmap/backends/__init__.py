@@ -60,6 +60,7 @@ class Backend(Protocol):
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
         hold: bool = False,
+        directory: tuple[Any, ...] | None = None,
     ) -> asyncio.Future[Any]:
         """Start a task; the future gets its value or its exception.
 
@@ -73,6 +74,9 @@ class Backend(Protocol):
         ``hold``: the value may stay where it was made, and the future then gets a
         `Remote` handle, which the driver passes to the task's one consumer (a
         backend may ignore it).
+        ``directory`` (a cached graph) is the task's `taskdir.Call` as plain values
+        (`Call.wire`): the call is made in a context where `taskmap.task_directory`
+        answers from it, and its output is captured when it says so.
 
         Raises:
             SerializationError: the function or arguments cannot be sent; nothing

@@ -57,6 +57,7 @@ class ExecutorBackend:
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
         hold: bool = False,
+        directory: tuple[Any, ...] | None = None,
     ) -> asyncio.Future[Any]:
         entry = self.functions.get(id(func))
         if entry is None or entry[0] is not func:
@@ -72,7 +73,9 @@ class ExecutorBackend:
         except Exception as exc:
             raise _unpicklable_args(task, args, exc) from None
         loop = asyncio.get_running_loop()
-        remote = self.executor.submit(call_pickled, entry[1], args_blob, **self._options(task))
+        remote = self.executor.submit(
+            call_pickled, entry[1], args_blob, directory, **self._options(task)
+        )
         future: asyncio.Future[Any] = loop.create_future()
         self.inflight.add(future)
         sent = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import sys
 import threading
@@ -62,12 +63,18 @@ class EventLoop:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], context: contextvars.Context | None = None) -> T:
+        """Run ``coro`` to completion, in ``context`` when given (a task's: see
+        `taskmap.task_directory`), else in a copy of the current one."""
         if self.loop is None:
             if self.runner is None:
                 self.runner = asyncio.Runner(loop_factory=new_event_loop)
-            return self.runner.run(coro)
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            # (the Runner's own default is the context it was made in, not the current)
+            return self.runner.run(coro, context=context or contextvars.copy_context())
+        if context is None:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        else:  # the helper's task is made in a copy of the context it is scheduled from
+            future = context.run(asyncio.run_coroutine_threadsafe, coro, self.loop)
         try:
             with _ctrl_c_raises():
                 return future.result()

@@ -152,6 +152,7 @@ class _Job:
     args: Sequence[Any] = ()  # a pinned job's arguments: to send it elsewhere instead
     kwargs: dict[str, Any] | None = None
     export: bool = False  # not a task: the export of a held value (``tid`` is its task's)
+    directory: tuple[Any, ...] | None = None  # its task directory's `taskdir.Call`, wired
 
 
 class Held(Remote):
@@ -428,6 +429,7 @@ class ProcessPool:
         timeout: float | None = None,
         post: Callable[[Any], Any] | None = None,
         hold: bool = False,
+        directory: tuple[Any, ...] | None = None,
     ) -> asyncio.Future[Any]:
         """Send a task to a worker with room.  Raises SerializationError before taking one.
 
@@ -450,7 +452,7 @@ class ProcessPool:
                 shipped = None
         future = self.loop.create_future()
         job = _Job(tid, task, fid, fn_blob, b"", future, [], shipped, timeout)
-        job.flags = HOLD if hold else 0
+        job.flags, job.directory = HOLD if hold else 0, directory
         holds = [a for a in args if type(a) is Held]
         exports = self._place(job, holds) if holds else []
         if exports:
@@ -514,7 +516,7 @@ class ProcessPool:
             # re-run in workers, cross by value.  Large values cross as segments.
             post_fid = -1 if job.post is None else job.post[0]
             job.message, job.shared = worker_module.run_message(
-                job.tid, job.fid, self._share(placed), post_fid, kwargs, flags
+                job.tid, job.fid, self._share(placed), post_fid, kwargs, flags, job.directory
             )
         except Exception as exc:
             raise _unpicklable_args(job.task, args, exc) from None

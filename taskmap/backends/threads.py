@@ -3,13 +3,15 @@ with a timeout, waited on from synchronous code or from the loop.
 
 A thread cannot be stopped: on timeout it is abandoned.  It is daemonic so that it
 does not hold up the interpreter's exit, and not a pool's, whose thread would stay
-taken.
+taken.  The function runs in a copy of the caller's `contextvars` context, as with
+``asyncio.to_thread`` (`taskmap.task_directory` answers from it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -29,10 +31,11 @@ def call_in_thread(
     hold up the interpreter's exit) and `TaskTimeoutError` is raised.
     """
     outcome: list[tuple[bool, Any]] = []
+    context = contextvars.copy_context()
 
     def target() -> None:
         try:
-            outcome.append((True, func(*args)))
+            outcome.append((True, context.run(func, *args)))
         except BaseException as exc:
             outcome.append((False, exc))
 
@@ -54,6 +57,7 @@ def in_thread(
     timeout the thread is abandoned (a pool's thread would stay taken)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
 
     def settle(ok: bool, value: Any) -> None:
         if not future.done():
@@ -64,7 +68,7 @@ def in_thread(
 
     def target() -> None:
         try:
-            outcome = (True, func(*args))
+            outcome = (True, context.run(func, *args))
         except BaseException as exc:
             outcome = (False, exc)
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits

@@ -41,19 +41,26 @@ For years of daily runs (issue 14):
 8. **With a secret, only signed entries are decoded.**  Each entry is signed
    (HMAC-SHA256 of its key and bytes) when stored; a lookup checks the tag before
    anything is unpickled, and an entry without a valid one is a miss with a warning.
+9. **A call knows its key's directory.**  `CacheRun.context` (a call in this
+   process) and `CacheRun.wire` (a call elsewhere) give each call of a task the
+   `taskdir.Call` that `taskmap.task_directory` answers from, and open its capture
+   files when its output is captured; they close when its outcome is recorded.
 
 For graphs that grow (issue 15):
 
-9. **An instance is keyed by its own item.**  An instance ``(task, i)`` of an
-   expanded task uses its task's code, settings and key prefix (`CacheRun.tasks`);
-   the digest of its item takes the place of the listing's among its inputs
-   (`CacheRun.items`), so a listing that grows reruns only its new items.  A failed
-   instance also writes ``'<its key>/last'``, which tells "failed before" apart
-   from a new item, and which its next success deletes.
+10. **An instance is keyed by its own item.**  An instance ``(task, i)`` of an
+    expanded task uses its task's code, settings and key prefix (`CacheRun.tasks`);
+    the digest of its item takes the place of the listing's among its inputs
+    (`CacheRun.items`), so a listing that grows reruns only its new items.  A failed
+    instance also writes ``'<its key>/last'``, which tells "failed before" apart
+    from a new item, and which its next success deletes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -67,8 +74,10 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from .. import taskdir
 from ..errors import CacheWarning, with_article
 from .digest import UnhashableError, digest, task_key
 from .encoders import (
@@ -88,14 +97,20 @@ from .store import (
     Store,
     commit,
     delete,
+    dir_tokens,
+    dirs_under,
+    drop_dirs,
+    drop_task_dirs,
     keys_under,
     keys_under_many,
     open_store,
     parse_duration,
     parse_size,
     prune,
+    quiet_gc,
     release,
     stat_under,
+    task_dirs,
     trim,
     trim_listed,
 )
@@ -121,6 +136,7 @@ Task = Hashable
 WriteMode = Literal["exit", "end", "manual"] | float
 _DEFAULT_ENCODER = ENCODERS["pickle"]
 _UNKNOWN = b"?"  # a digest not computed yet
+_NO_HEAD = (None, None, None)  # what meta keeps of a `last` record's (absent) header
 _UNHASHABLE = b""  # a value with no canonical digest: its children are never cached
 _NONE_DIGEST = digest(None)
 
@@ -190,7 +206,11 @@ class CacheEntry:
     """One stored value: its task, key, size in bytes, when it was written, its encoder,
     and when a run last used it (wrote or read it; seconds since the epoch, as
     ``written``).  A store that records no use (a dict, an fsspec mapper) gives the
-    time it was written."""
+    time it was written.
+
+    ``directory``: the entry's task directory (`taskmap.task_directory`), when the
+    call that stored it made one; ``output``: the files its captured stdout and
+    stderr went to (``capture_output``), those that exist."""
 
     task: str
     key: str
@@ -198,6 +218,8 @@ class CacheEntry:
     written: float
     encoder: str
     used: float = 0.0
+    directory: Path | None = None
+    output: tuple[Path, ...] = ()
 
 
 class Checkpoint:
@@ -215,6 +237,8 @@ class Checkpoint:
             None: no limit.
         secret: entries are signed with it, and only entries signed with it are
             decoded (str or bytes); None: entries are neither signed nor checked.
+        capture: tasks whose stdout and stderr also go to files in their task
+            directory (`taskmap.task_directory`).
     """
 
     def __init__(
@@ -227,8 +251,12 @@ class Checkpoint:
         encoders: Mapping[Task, Encoder | str] | None = None,
         limit: int | str | None = None,
         secret: str | bytes | None = None,
+        capture: Iterable[Task] = (),
     ) -> None:
         self.store = store
+        #: where the task directories live (None: the store is not a local directory)
+        self.dirs = task_dirs(store)
+        self.capture = frozenset(capture)
         self.write = _write_mode(write)
         self.limit = None if limit is None else parse_size("cache_limit", limit)
         self.secret = _secret_bytes("cache_secret", secret)
@@ -257,6 +285,7 @@ class Checkpoint:
             "encoders": self.encoders,
             "limit": self.limit,
             "secret": self.secret,
+            "capture": self.capture,
         }
         return (_restore, (self.store, settings))
 
@@ -300,6 +329,8 @@ class Checkpoint:
             self.reset.difference_update(tasks)
         values = sum(1 for key in keys if not _is_record(key))
         delete(self.store, keys)
+        # the directories of every call, also those that stored nothing (a failure)
+        drop_task_dirs(self.dirs, [prefix[:-1] for prefix in prefixes])
         return values
 
     def save(self, tasks: Sequence[Task] = ()) -> int:
@@ -316,21 +347,29 @@ class Checkpoint:
 
         Reads heads only: the default store keeps them beside the values."""
         prefixes = [""] if tasks is None else [f"{self.token(t)}/" for t in tasks]
-        stats = stat_under(self.store, prefixes)
-        found = [  # `_entry`, inlined: a listing of 100,000 entries makes 100,000 records
-            CacheEntry(
-                key.partition("/")[0] if task is None else task,
-                key,
-                size,
-                written or 0.0,
-                encoder or "?",
-                (written or 0.0) if used is None else used,
-            )
-            for key, size, used, task, written, encoder in stats
-            if not key.endswith("/last")
-        ]
-        found.sort(key=_by_task)
+        with quiet_gc():
+            found = _entries_of(stat_under(self.store, prefixes))
+            if self.dirs is not None and dir_tokens(self.dirs):
+                found = self._with_dirs(found, prefixes)
+            found.sort(key=_by_task)
         return found
+
+    def _with_dirs(self, found: list[CacheEntry], prefixes: Sequence[str]) -> list[CacheEntry]:
+        """``found`` with their task directories and captured output files."""
+        tokens = {p[:-1] for p in prefixes} if "" not in prefixes else dir_tokens(self.dirs)
+        dirs = dirs_under(self.dirs, tokens)
+        if not dirs:
+            return found
+        out = []
+        for entry in found:
+            path = dirs.get(entry.key)
+            if path is not None:
+                files = tuple(
+                    f for f in (path / taskdir.STDOUT, path / taskdir.STDERR) if f.is_file()
+                )
+                entry = dataclasses.replace(entry, directory=path, output=files)
+            out.append(entry)
+        return out
 
     def prune(
         self,
@@ -345,11 +384,33 @@ class Checkpoint:
         `trim`).  Returns what was dropped, sorted by task then key."""
         age, size = prune_options(keep_last, older_than, max_bytes)
         prefixes = [f"{self.token(t)}/" for t in tasks]
-        dropped = prune(self.store, prefixes, keep_last=keep_last, older_than=age)
-        found = [_entry(stat) for stat in dropped]
-        if size is not None:
-            found += self.trim(size, tasks)
-        return sorted(found, key=_by_task)
+        with quiet_gc():
+            found = _entries_of(prune(self.store, prefixes, keep_last=keep_last, older_than=age))
+            if size is not None:
+                found += self.trim(size, tasks)
+            self._drop_orphan_dirs(prefixes)
+            found.sort(key=_by_task)
+        return found
+
+    def _drop_orphan_dirs(self, prefixes: Sequence[str]) -> None:
+        """Remove the task directories of calls that stored no entry (they failed),
+        unless changed within `ORPHAN_AGE` seconds: such a call may be running now."""
+        if self.dirs is None or not dir_tokens(self.dirs):
+            return
+        dirs = dirs_under(self.dirs, [p[:-1] for p in prefixes])
+        if not dirs:
+            return
+        stored = keys_under_many(self.store, [f"{key.partition('/')[0]}/" for key in dirs])
+        if stored is None:
+            stored = {key for key in dirs if key in self.store}
+        now = time.time()
+        orphans = []
+        for key, path in dirs.items():
+            if key not in stored:
+                with contextlib.suppress(OSError):
+                    if now - path.stat().st_mtime > ORPHAN_AGE:
+                        orphans.append(key)
+        drop_dirs(self.dirs, orphans)
 
     def trim(self, max_bytes: int, tasks: Sequence[Task]) -> list[CacheEntry]:
         """Drop least-recently-used entries until the store holds at most ``max_bytes``:
@@ -378,6 +439,22 @@ def prune_options(
     age = None if older_than is None else parse_duration("older_than", older_than)
     size = None if max_bytes is None else parse_size("max_bytes", max_bytes)
     return age, size
+
+
+def _entries_of(stats: Iterable[Stat]) -> list[CacheEntry]:
+    """The listing's records of ``stats`` (``last`` records left out)."""
+    return [  # `_entry`, inlined: a listing of 100,000 entries makes 100,000 records
+        CacheEntry(
+            key.partition("/")[0] if task is None else task,
+            key,
+            size,
+            written or 0.0,
+            encoder or "?",
+            (written or 0.0) if used is None else used,
+        )
+        for key, size, used, task, written, encoder in stats
+        if not key.endswith("/last")
+    ]
 
 
 def _entry(stat: Stat) -> CacheEntry:
@@ -433,6 +510,12 @@ class CacheRun:
         self.writer = _Writer(self.store, checkpoint.write)
         #: id(encoder) -> the `encode_result` partial shipped to workers (once each)
         self.shipped: dict[int, Callable[[Any], Encoded]] = {}
+        # rule 9: task directories
+        self.dirs = checkpoint.dirs
+        self.dir_tokens: set[str] | None = None  # tokens with directories (at a first call)
+        self.called: set[int] = set()  # tasks called in this run: a retry empties
+        self.calls: dict[int, taskdir.Call] = {}  # calls capturing here, until their outcome
+        self.teeing = False  # the Tee proxies are installed for this run
         #: per task id, the task whose code, settings and key prefix it uses: an
         #: instance of an expanded task uses its task's (``names`` when none)
         self.tasks: Sequence[Task] = names
@@ -447,6 +530,66 @@ class CacheRun:
         self.digests.extend([_UNKNOWN] * tasks)
         self.keys.extend([None] * tasks)
         self.inputs.extend([None] * tasks)
+
+    # -- calls: task directories and captured output (rule 9) ----------------
+
+    def context(self, tid: int) -> contextvars.Context:
+        """The context to call the task in, in this process (its output captured
+        from now on, when it is in ``capture_output``).  Call at each attempt."""
+        call = self._call(tid)
+        if call.capture and call.path is not None:
+            previous = self.calls.pop(tid, None)
+            if previous is not None:
+                previous.close()
+            try:
+                call.open()
+            except OSError as exc:  # a cache never fails a run
+                self._warn(f"task {call.task!r}: output not captured: {exc!r}")
+            else:
+                if not self.teeing:
+                    taskdir.begin_capture()
+                    self.teeing = True
+                self.calls[tid] = call
+        return taskdir.context(call)
+
+    def wire(self, tid: int) -> tuple[object, str | None, bool, str]:
+        """What a call elsewhere (a worker process) needs to know of its directory."""
+        return self._call(tid).wire()
+
+    def _call(self, tid: int) -> taskdir.Call:
+        name, task = self.names[tid], self.tasks[tid]  # an instance: its task's settings
+        key = self.keys[tid]
+        if key is None:
+            key = self._key(tid)
+        root = self.dirs
+        if root is None:
+            return taskdir.Call(
+                name,
+                None,
+                why=f"the graph's cache, {_describe(self.store)}, is not a directory on this "
+                "machine: task directories live beside the entries of cache='<directory>'",
+            )
+        if not key:
+            if task in self.checkpoint.uncached:
+                why = "the task is in uncached=, so it has no cache key and no directory"
+            else:
+                explained = self.why.get(name)
+                detail = f": {explained.detail}" if explained and explained.detail else ""
+                why = f"the task has no cache key{detail}, so no directory of its own"
+            return taskdir.Call(name, None, why=why)
+        path = f"{root}/{key}"
+        tokens = self.dir_tokens
+        if tokens is None:
+            tokens = self.dir_tokens = dir_tokens(root)
+        if tid in self.called or (tokens and key[: key.index("/")] in tokens):
+            taskdir.clear(path)  # left by an earlier call of this key (rule 2 of taskdir)
+        self.called.add(tid)
+        return taskdir.Call(name, path, task in self.checkpoint.capture)
+
+    def _end_call(self, tid: int) -> None:
+        call = self.calls.pop(tid, None)
+        if call is not None:
+            call.close()
 
     # -- looking up ----------------------------------------------------------
 
@@ -479,7 +622,8 @@ class CacheRun:
                 )
                 return self._miss(tid, Reason.UNSIGNED)
             try:
-                value, out = self._decode(data) if load else self._peek(data)
+                signed = self.signer is not None  # its tag held: no CRC to compute
+                value, out = self._decode(data, signed) if load else self._peek(data)
             except Exception as exc:  # torn, corrupt, or written by another version
                 self._warn(f"task {name!r}: cached entry unreadable, running it again: {exc}")
                 return self._miss(tid, Reason.UNREADABLE, str(exc))
@@ -601,8 +745,8 @@ class CacheRun:
             self._warn(f"cache store {_describe(self.store)} could not be listed ({exc!r})")
             self.present = None
 
-    def _decode(self, data: bytes) -> tuple[Any, bytes]:
-        name, out, payload = unpack_entry(data)
+    def _decode(self, data: bytes, verified: bool = False) -> tuple[Any, bytes]:
+        name, out, payload = unpack_entry(data, verified=verified)
         encoder = self.checkpoint.decoders.get(name)
         if encoder is None:
             raise CorruptEntryError(f"written with unknown encoder {name!r}")
@@ -706,6 +850,8 @@ class CacheRun:
         ``encoded``: what `encoder_for`'s function returned in the worker (then the
         value is not read here: it may be a `Shared` handle the driver never loads).
         """
+        if self.calls:
+            self._end_call(tid)
         key = self.keys[tid]
         if not key:
             return
@@ -719,9 +865,9 @@ class CacheRun:
         code, inputs = self.inputs[tid]  # type: ignore[misc]
         code_hex, digests = code.hex(), [d.hex() for d in inputs]
         listed = ",".join([f'"{d}"' for d in digests])  # hex: nothing to escape
-        task = _label_json(self.tasks[tid])
+        written, task = time.time(), self.tasks[tid]
         meta = (  # the header's JSON members, built directly: this is the hot path
-            f'"code":"{code_hex}","in":[{listed}],"task":{task},"t":{time.time()!r}'
+            f'"code":"{code_hex}","in":[{listed}],"task":{_label_json(task)},"t":{written!r}'
         )
         data = pack_entry(payload, encoder.name, out, meta)
         if self.signer is not None:
@@ -729,12 +875,18 @@ class CacheRun:
         self.stats.stored += 1
         self.stats.bytes_written += len(data)
         last = _last_record(key, code_hex, digests)
-        self.writer.put([(key, data), (_record_key(key), last)])
+        # what the store's meta table keeps of the header: known here, not parsed there
+        record = _record_key(key)
+        heads = self.writer.heads
+        heads[key], heads[record] = (_label(task)[:200], written, encoder.name), _NO_HEAD
+        self.writer.put([(key, data), (record, last)])
         if self.refailed and tid in self.refailed:  # it failed before: not any more
             self.writer.put([(f"{key}/last", None)])
 
     def failed(self, tid: int, error: BaseException) -> None:
         """Remember that the task failed (nothing is stored for it)."""
+        if self.calls:
+            self._end_call(tid)
         key = self.keys[tid]
         entry = self.inputs[tid]
         if not key or entry is None:
@@ -752,6 +904,12 @@ class CacheRun:
         ``write=False`` ends a dry run (`explain`): nothing was stored, nothing is reset,
         no use is recorded.  With a limit, the store is trimmed (rule 7).
         """
+        for call in self.calls.values():  # cancelled, interrupted
+            call.close()
+        self.calls.clear()
+        if self.teeing:
+            self.teeing = False
+            taskdir.end_capture()
         try:
             held = self.writer.close(self.used if write else [])
             if write and self.checkpoint.limit is not None:
@@ -800,6 +958,8 @@ class _Writer:
         self.wake = threading.Event()
         self.closing = threading.Event()
         self.errors: list[str] = []  # warned from the driver's thread, at close
+        #: key -> (task, time written, encoder) of the entries put, until written
+        self.heads: dict[str, tuple[str | None, float | None, str | None]] = {}
         self.linger = mode if isinstance(mode, float) else self.LINGER
         self.threaded = mode not in ("end", "manual")
         self.thread: threading.Thread | None = None
@@ -851,8 +1011,13 @@ class _Writer:
             release(self.store)  # this thread's connection ends with it
 
     def _write(self, batch: list[tuple[str, bytes | None]], used: Sequence[str] = ()) -> None:
+        heads, pop = {}, self.heads.pop
+        for key, _ in batch:
+            head = pop(key, None)
+            if head is not None:
+                heads[key] = head
         try:
-            _apply(self.store, batch, used)
+            _apply(self.store, batch, used, heads)
         except CacheWarning as warning:  # the store healed (and wrote): a filter made it an error
             self.errors.append(str(warning))
         except Exception as exc:
@@ -863,7 +1028,10 @@ class _Writer:
 
 
 def _apply(
-    store: Store, batch: Sequence[tuple[str, bytes | None]], used: Sequence[str] = ()
+    store: Store,
+    batch: Sequence[tuple[str, bytes | None]],
+    used: Sequence[str] = (),
+    heads: Mapping[str, tuple[str | None, float | None, str | None]] | None = None,
 ) -> None:
     """Write and delete in order (the last operation on a key wins), and record the
     uses of ``used`` keys: one transaction on the default store."""
@@ -873,7 +1041,7 @@ def _apply(
         final[key] = data
     writes = [(k, d) for k, d in final.items() if d is not None]
     deletes = [k for k, d in final.items() if d is None]
-    commit(store, writes, deletes, used)
+    commit(store, writes, deletes, used, heads)
 
 
 #: a value's output digest, its encoded entry payload (None if the encoder could not:
@@ -981,6 +1149,10 @@ def _write_mode(write: object) -> WriteMode:
     )
 
 
+#: seconds: `prune_cache` leaves the directory of a call that stored no entry if it
+#: changed more recently (the call may still be running)
+ORPHAN_AGE = 3600.0
+
 #: the environment variable that gives a cache its secret when ``cache_secret`` does not
 SECRET_VARIABLE = "TASKMAP_CACHE_SECRET"
 
@@ -1041,6 +1213,7 @@ def _restore(store: Store, settings: dict[str, Any]) -> Checkpoint:
         encoders=settings["encoders"],
         limit=settings.get("limit"),
         secret=settings.get("secret"),
+        capture=settings.get("capture", ()),
     )
     checkpoint.versions = {t: bytes.fromhex(v) for t, v in settings["versions"].items()}
     return checkpoint
