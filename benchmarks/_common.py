@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ __all__ = [
     "median",
     "noop",
     "peak_memory",
+    "spawn_child",
     "time_cases",
 ]
 
@@ -190,3 +194,26 @@ def machine() -> str:
         f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}"
     )
+
+
+def spawn_child(
+    script: str, spec: dict[str, Any], *, stderr_fatal: bool = False, timeout: float = 600
+) -> dict[str, Any]:
+    """Run one measurement in a fresh ``python``: ``script --child <spec as JSON>``,
+    which prints a JSON object on its last line; return it with the wall time of the
+    whole child (``wall``).  ``stderr_fatal``: anything on stderr (a CacheWarning)
+    fails it too."""
+    start = perf_counter()
+    done = subprocess.run(
+        [sys.executable, script, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    wall = perf_counter() - start
+    if done.returncode != 0 or (stderr_fatal and done.stderr.strip()):
+        raise RuntimeError(f"child {spec} failed ({done.returncode}):\n{done.stderr}")
+    out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    out["wall"] = wall
+    return out

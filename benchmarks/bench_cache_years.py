@@ -40,15 +40,13 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from _common import fmt_seconds, goal_line, machine, median
+from _common import fmt_seconds, goal_line, machine, median, spawn_child
 from bench_checkpoint import checkpoint_graph, checksum
 
 import taskmap
@@ -83,17 +81,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if done.returncode != 0 or done.stderr.strip():  # a CacheWarning is a failure here
-        raise RuntimeError(f"child {spec} failed ({done.returncode}):\n{done.stderr}")
-    out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    return out
+#: one measurement in a fresh ``python`` (a CacheWarning on stderr fails it)
+spawn = functools.partial(spawn_child, __file__, stderr_fatal=True)
 
 
 def bench_signing(n: int, repeat: int, base: Path) -> float:

@@ -67,6 +67,7 @@ from _common import (
     layered_dependencies,
     machine,
     median,
+    spawn_child,
     time_cases,
 )
 
@@ -219,21 +220,8 @@ IMPORT_PROBE = (
 )
 
 
-def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one measurement in a fresh ``python``; add its wall time (``wall``)."""
-    start_wall = perf_counter()
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    wall = perf_counter() - start_wall
-    if done.returncode != 0 or done.stderr.strip():  # a CacheWarning is a failure here
-        raise RuntimeError(f"child {spec} failed ({done.returncode}):\n{done.stderr}")
-    out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    out["wall"] = wall
-    return out
+#: one measurement in a fresh ``python`` (a CacheWarning on stderr fails it)
+spawn = partial(spawn_child, __file__, stderr_fatal=True)
 
 
 def import_time() -> float:

@@ -36,14 +36,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from _common import fmt_seconds, goal_line, machine, median
+from _common import fmt_seconds, goal_line, machine, median, spawn_child
 
 GOAL_STATIC = 1.1  # expanded / static graph
 GOAL_INSTANCE = 1.0  # per instance / per static task
@@ -175,18 +173,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": perf_counter() - t0, "total": total, **extra}
 
 
-def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"child {spec} failed ({done.returncode}):\n{done.stderr}")
-    out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    return out
+#: one measurement in a fresh ``python``
+spawn = functools.partial(spawn_child, __file__, timeout=900)
 
 
 def interleaved(specs: dict[str, dict[str, Any]], repeat: int) -> dict[str, list[float]]:

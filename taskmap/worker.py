@@ -606,11 +606,10 @@ def main(
                 segment = None
             else:
                 post = functions.get(post_fid) if post_fid >= 0 else None
-                if flags & HOLD and not small(value):
+                keep = flags & HOLD and not small(value)
+                if keep:
                     held[tid] = value
-                    reply, segment = _held_reply(tid, value, started, post), None
-                else:
-                    reply, segment = _result_reply(tid, value, started, post)
+                reply, segment = _result_reply(tid, value, started, post, held=bool(keep))
             finally:
                 for shared in segments:  # mapped (or never used): the fds can go
                     shared.close()
@@ -659,14 +658,22 @@ def _fill_slots(args: tuple[Any, ...], segments: list[Shared]) -> tuple[Any, ...
 
 
 def _result_reply(
-    tid: int, value: Any, started: float, post: Callable[[Any], Any] | Exception | None
+    tid: int,
+    value: Any,
+    started: float,
+    post: Callable[[Any], Any] | Exception | None,
+    *,
+    held: bool = False,
 ) -> tuple[bytes, Shared | None]:
-    """The reply for a task's value: in the message, or (Rule 7) in a new segment;
-    with what ``post`` makes of it (None if it raised: the driver then does it)."""
+    """The reply for a task's value: in the message, or (Rule 7) in a new segment,
+    or (``held``, Rule 8) "held": it stays here; with what ``post`` makes of it
+    (None if it raised: the driver then does it)."""
     posted = None
     if post is not None and not isinstance(post, Exception):
         with contextlib.suppress(Exception):
             posted = post(value)
+    if held:
+        return dumps(("held", tid, started, time.perf_counter(), posted)), None
     packed = pickle_oob(value)
     if packed is not None and oob_size(packed) >= SHARED_MIN:
         try:
@@ -682,16 +689,6 @@ def _result_reply(
         return dumps(("ok", tid, value, started, time.perf_counter(), posted)), None
     except Exception as exc:
         return dumps(("unpicklable", tid, type(value).__qualname__, str(exc))), None
-
-
-def _held_reply(
-    tid: int, value: Any, started: float, post: Callable[[Any], Any] | Exception | None
-) -> bytes:
-    posted = None
-    if post is not None and not isinstance(post, Exception):
-        with contextlib.suppress(Exception):
-            posted = post(value)
-    return dumps(("held", tid, started, time.perf_counter(), posted))
 
 
 _MISSING = object()

@@ -458,11 +458,10 @@ class ProcessPool:
         if exports:
             self._gather(job, args, kwargs, exports)
             return future
-        self._message(job, args, kwargs)
+        self._message(job, args, kwargs, held=bool(holds))
         if job.pinned is not None:
             job.args, job.kwargs = args, kwargs
         self._enqueue(job)
-        self._steal()
         return future
 
     def _gather(
@@ -476,9 +475,7 @@ class ProcessPool:
         self.gathering += 1
         count = [len(exports)]
         for export in exports:
-            export.add_done_callback(
-                functools.partial(self._gathered, job, args, kwargs, exports, count)
-            )
+            export.add_done_callback(functools.partial(self._gathered, job, args, kwargs, count))
 
     def _steal(self) -> None:
         """Rule 6: a worker idles, no job waits for any worker, and one worker has two
@@ -500,10 +497,13 @@ class ProcessPool:
         exports = [self._export(a) for a in args if type(a) is Held]
         self._gather(job, args, kwargs, exports)
 
-    def _message(self, job: _Job, args: Sequence[Any], kwargs: dict[str, Any] | None) -> None:
-        """Pickle the job's "run" message (Rule 1: before it takes a worker)."""
+    def _message(
+        self, job: _Job, args: Sequence[Any], kwargs: dict[str, Any] | None, *, held: bool = True
+    ) -> None:
+        """Pickle the job's "run" message (Rule 1: before it takes a worker); ``held``:
+        some arguments may be `Held` (the caller has looked)."""
         flags, placed = job.flags, list(args)
-        if job.holds or any(type(a) is Held for a in args):
+        if held:
             for i, arg in enumerate(args):
                 if type(arg) is Held:
                     if arg.export is not None:  # it left its worker: the copy
@@ -526,6 +526,7 @@ class ProcessPool:
             self.backlog.append(job)
             if job.pinned is not None:
                 job.pinned.waiting += 1
+                self._steal()
 
     def _place(self, job: _Job, holds: list[Held]) -> list[asyncio.Future[Any]]:
         """Pin a job taking held values to the worker holding most of them (Rule 6);
@@ -538,19 +539,20 @@ class ProcessPool:
             counts = collections.Counter(h.worker for h in here)
             job.pinned = max(counts, key=counts.__getitem__)
         job.holds = tuple(h for h in here if h.worker is job.pinned)
-        return [
-            h.export if h.export is not None else self._export(h)
-            for h in holds
-            if h.worker is not job.pinned or h.export is not None
-            if h.export is None or not h.export.done()
-        ]
+        exports = []
+        for held in holds:
+            if held.export is None:
+                if held.worker is not job.pinned:  # kept by another worker: ask it
+                    exports.append(self._export(held))
+            elif not held.export.done():  # asked already: wait for it too
+                exports.append(held.export)
+        return exports
 
     def _gathered(
         self,
         job: _Job,
         args: Sequence[Any],
         kwargs: dict[str, Any] | None,
-        exports: list[asyncio.Future[Any]],
         count: list[int],
         _: asyncio.Future[Any],
     ) -> None:
@@ -834,8 +836,9 @@ class ProcessPool:
                 running.future.set_exception(error)
             # jobs queued behind it never started: they go to the next worker, unless
             # they need what it held (Rule 6)
-            self.backlog.extendleft(reversed([j for j in worker.jobs if not _needs(j, worker)]))
-            self._fail_lost([j for j in worker.jobs if _needs(j, worker)], worker)
+            lost = [j for j in worker.jobs if j.export or j.pinned is worker]
+            self.backlog.extendleft(reversed([j for j in worker.jobs if j not in lost]))
+            self._fail_lost(lost, worker)
             worker.jobs.clear()
         if worker.waiting:
             self._fail_lost([j for j in self.backlog if j.pinned is worker], worker)
@@ -882,11 +885,6 @@ def _close(worker: _Worker) -> None:
     worker.conn.close()
     worker.sock.close()
     worker.alive.close()
-
-
-def _needs(job: _Job, worker: _Worker) -> bool:
-    """The job cannot run without the worker: an export from it, or pinned to it."""
-    return job.export or job.pinned is worker
 
 
 def _lost(task: Hashable, held: Held) -> WorkerCrashedError:
