@@ -530,12 +530,15 @@ def test_a_job_queued_behind_a_crashing_task_runs_on_the_replacement(monkeypatch
         original(self, worker)
 
     monkeypatch.setattr(ProcessPool, "_on_exit", spy)
+    # the pool prefetches while the workers' running mean of durations is under
+    # PREFETCH_BELOW: one tiny task preempted on a busy machine lifts it for a while
+    monkeypatch.setattr("taskmap.backends.processes.PREFETCH_BELOW", float("inf"))
     funcs = {f"tiny{i}": tiny for i in range(30)}
     funcs["crash"] = kill_self
     funcs.update({f"after{i}": tiny for i in range(5)})
     graph = taskmap.create_graph(funcs, {name: [] for name in funcs})
-    # one worker, tasks handed out in id order: tiny tasks make the pool prefetch,
-    # so 'after0' sits in the pipe behind 'crash' when the worker dies
+    # one worker, tasks handed out in id order: the pool prefetches, so 'after0'
+    # sits in the pipe behind 'crash' when the worker dies
     taskmap.run_parallel(graph, ncores=1)
     assert queued_at_crash == [2]
     assert isinstance(graph.results["crash"], WorkerCrashedError)
