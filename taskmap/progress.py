@@ -47,6 +47,12 @@ def wants_progress(progress: bool | None, stream: IO[str] | None = None) -> bool
         return False
 
 
+def _unmonitored(bar: type[Any]) -> type[Any]:
+    """A tqdm bar class without tqdm's monitor thread: the driver redraws its bar
+    itself, and a thread would keep it from forking its workers (pool Rule 7)."""
+    return type(bar.__name__, (bar,), {"monitor_interval": 0})
+
+
 def in_notebook() -> bool:
     """In a Jupyter kernel that can show widgets: the bar is tqdm's notebook form."""
     return "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None
@@ -120,7 +126,7 @@ class ProgressBar:
 
         stream = self.stream if self.stream is not None else sys.stderr
         size = _size(stream)
-        self.bar = tqdm(
+        self.bar = _unmonitored(tqdm)(
             total=tasks,
             desc=self.name,
             unit="task",

@@ -70,6 +70,7 @@ import contextlib
 import contextvars
 import ctypes
 import functools
+import gc
 import importlib
 import io
 import logging
@@ -497,6 +498,33 @@ class _PipeQueue:
 
     def put_nowait(self, record: logging.LogRecord) -> None:
         self._send(("log", record))
+
+
+def forked_main(
+    shed: Sequence[Any],
+    conn: Connection,
+    alive: Connection,
+    env: dict[str, str],
+    log_levels: dict[str, int],
+) -> None:
+    """`main`, in a worker forked from the driver itself (pool Rule 7): first shed
+    what the driver's state would do here, so that the worker is as one forked from
+    the server.  ``shed`` are the driver's ends of its pipes (this worker's and the
+    others'): held open here, they would keep a pipe from ever reaching EOF."""
+    gc.freeze()  # the driver's objects: never traversed here, their pages stay shared
+    with contextlib.suppress(ValueError):  # the driver loop's: a signal would wake it
+        signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        with contextlib.suppress(OSError, ValueError):
+            if callable(signal.getsignal(signum)):  # the driver's Python handlers
+                signal.signal(signum, signal.SIG_DFL)
+    for end in shed:
+        with contextlib.suppress(OSError):
+            end.close()
+    for logger in logging.root.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):  # the driver's files, bars, captures
+            logger.handlers.clear()
+    main(conn, alive, env, log_levels)
 
 
 def main(

@@ -42,6 +42,13 @@ Rules:
    the idle worker, its inputs exported (`_steal`).  If the worker dies, the jobs pinned
    to it fail with `WorkerCrashedError` naming the lost input.  `collect` brings the
    held values left in the results to the driver before the workers stop.
+7. Workers start as fast as the machine can start a process: a driver with no other
+   thread (Linux, no start method asked for) forks them itself, on the loop, in
+   milliseconds, and the child sheds what it inherited (`worker.forked_main`:
+   the driver's pipe ends, signal handlers, logging).  A driver with another thread
+   never forks (a lock held there would stay held in the child): its workers fork
+   from the fork server, whose first start (an interpreter, the worker's modules)
+   runs in a thread while jobs wait in the backlog.
 
 State: ``workers`` every live worker; each `_Worker` holds ``jobs``, the jobs sent
 and not yet answered, in order (the first is running; replies come in the same
@@ -232,6 +239,12 @@ class ProcessPool:
         self.n = n
         self.name = name
         self.context = get_context(context)
+        #: the driver forks workers itself while it has no other thread (Rule 7);
+        #: None when a start method was asked for, or off Linux
+        self.fork: BaseContext | None = None
+        if context is None and sys.platform.startswith("linux"):
+            self.fork = multiprocessing.get_context("fork")
+        self.forked = 0  # workers forked from the driver itself, of ``started``
         #: modules the fork server imports when it starts (`function_modules`), so that
         #: each worker forks with them instead of importing them at every run
         self.preload = list(preload)
@@ -280,6 +293,14 @@ class ProcessPool:
         if self.state is not PoolState.RUNNING or not self.unborn or self.launching:
             return
         assert self.loop is not None
+        if self.fork is not None and single_threaded():
+            try:  # a fork takes milliseconds: all of them now, on the loop (Rule 7)
+                while self.unborn:
+                    self._adopt(self.unborn[-1], *self._launch(fork=True))
+                    self.unborn.pop()
+                return
+            except OSError:  # (out of memory, pids...) the fork server's way, in a thread
+                self.fork = None
         slot = self.unborn.pop()
         self.launching = 1
         launched = self.loop.run_in_executor(None, self._launch)
@@ -312,23 +333,31 @@ class ProcessPool:
 
     def _spawn(self, slot: int) -> None:
         """Start a worker now, on the loop (a replacement: the server is up)."""
-        self._adopt(slot, *self._launch())
+        self._adopt(slot, *self._launch(fork=self.fork is not None and single_threaded()))
 
-    def _launch(self) -> _Launched:
-        """Start a worker process (blocking: a fork through the server, or a spawn);
-        from the loop or a thread, one at a time."""
-        conn, child_conn = self.context.Pipe(duplex=True)
-        alive_r, alive_w = self.context.Pipe(duplex=False)
+    def _launch(self, *, fork: bool = False) -> _Launched:
+        """Start a worker process (blocking: a fork of the driver, or through the
+        server, or a spawn); from the loop or a thread, one at a time."""
+        context = self.fork if fork and self.fork is not None else self.context
+        conn, child_conn = context.Pipe(duplex=True)
+        alive_r, alive_w = context.Pipe(duplex=False)
         self.started += 1
-        process = self.context.Process(  # type: ignore[attr-defined]
-            target=worker_module.main,
-            args=(child_conn, alive_r, self.env, _log_levels()),
-            name=f"{self.name}-worker-{self.started}",
-            daemon=True,
+        args: tuple[Any, ...] = (child_conn, alive_r, self.env, _log_levels())
+        target: Callable[..., None] = worker_module.main
+        if fork:  # the child closes the driver's ends of every pipe it inherits
+            shed: list[Any] = [end for w in self.workers for end in (w.conn, w.sock, w.alive)]
+            shed += [conn, alive_w, *(segment for _, segment in self.exported.values())]
+            target, args = worker_module.forked_main, (shed, *args)
+        process = context.Process(  # type: ignore[attr-defined]
+            target=target, args=args, name=f"{self.name}-worker-{self.started}", daemon=True
         )
         try:
-            with _main_not_rerun(), _preloading(self.preload):
+            if fork:
                 process.start()
+                self.forked += 1
+            else:
+                with _main_not_rerun(), _preloading(self.preload):
+                    process.start()
         finally:
             child_conn.close()
             alive_r.close()
@@ -954,6 +983,23 @@ def _log_levels() -> dict[str, int]:
 
 
 _START_LOCK = threading.Lock()
+
+
+def single_threaded() -> bool:
+    """Whether this process has one thread, as the kernel counts them: threads
+    started from C count too (a BLAS pool, libuv's).  Only then may it fork.  The
+    kernel's io_uring threads (``iou-sqp-*``, ``iou-wrk-*``: libuv's io_uring, in
+    uvloop 0.19) run no code of this process and hold none of its locks."""
+    try:
+        others = [t for t in os.listdir("/proc/self/task") if t != str(os.getpid())]
+        return all(_thread_name(t).startswith("iou-") for t in others)
+    except OSError:
+        return False
+
+
+def _thread_name(tid: str) -> str:
+    with open(f"/proc/self/task/{tid}/comm") as comm:
+        return comm.read()
 
 
 @contextlib.contextmanager

@@ -466,7 +466,7 @@ DRIVER = textwrap.dedent(
         deps = {k: [] for k in funcs}
         graph = taskmap.create_graph(funcs, deps, io_bound=["io"])
         try:
-            getattr(taskmap, sys.argv[2])(graph, ncores=2)
+            getattr(taskmap, sys.argv[2])(graph, ncores=2, mp_context=sys.argv[3] or None)
         except KeyboardInterrupt:
             print("KeyboardInterrupt reached the caller", flush=True)
             raise
@@ -474,12 +474,16 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _start_driver(tmp_path: Path, runner: str) -> tuple[subprocess.Popen[str], Path]:
+def _start_driver(
+    tmp_path: Path, runner: str, context: str = ""
+) -> tuple[subprocess.Popen[str], Path]:
+    """A driver script hanging in 4 CPU tasks; its workers fork from it (it has one
+    thread), or from the fork server with ``context="forkserver"``."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     pids = tmp_path / "pids"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(pids), runner],
+        [sys.executable, str(script), str(pids), runner, context],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -488,9 +492,10 @@ def _start_driver(tmp_path: Path, runner: str) -> tuple[subprocess.Popen[str], P
     return proc, pids
 
 
+@pytest.mark.parametrize("context", ["", "forkserver"])
 @pytest.mark.parametrize("runner", ["run_parallel", "run_parallel_async"])
-def test_ctrl_c_stops_every_worker_and_raises_keyboard_interrupt(tmp_path, runner):
-    proc, pids = _start_driver(tmp_path, runner)
+def test_ctrl_c_stops_every_worker_and_raises_keyboard_interrupt(tmp_path, runner, context):
+    proc, pids = _start_driver(tmp_path, runner, context)
     workers = {int(p) for p in pids.read_text().split()}
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -503,8 +508,9 @@ def test_ctrl_c_stops_every_worker_and_raises_keyboard_interrupt(tmp_path, runne
     assert not live_descendants(proc.pid)
 
 
-def test_workers_die_when_the_driver_is_killed(tmp_path):
-    proc, pids = _start_driver(tmp_path, "run_parallel_async")
+@pytest.mark.parametrize("context", ["", "forkserver"])
+def test_workers_die_when_the_driver_is_killed(tmp_path, context):
+    proc, pids = _start_driver(tmp_path, "run_parallel_async", context)
     workers = {int(p) for p in pids.read_text().split()}
     proc.kill()
     proc.communicate(timeout=10)
@@ -729,7 +735,8 @@ PRELOAD_DRIVER = textwrap.dedent(
         {"good": good_mod.work, "also": good_mod.work, "bad": bad_mod.work},
         {"good": [], "also": [], "bad": []},
     )
-    graph = taskmap.run_parallel_async(graph, ncores=2)
+    # the fork server's way (a driver with no other thread forks its workers itself)
+    graph = taskmap.run_parallel_async(graph, ncores=2, mp_context="forkserver")
     print(graph.results["good"], graph.results["also"], type(graph.results["bad"]).__name__)
     from multiprocessing import forkserver
     print("forkserver", forkserver._forkserver._forkserver_pid)

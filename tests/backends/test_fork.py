@@ -1,0 +1,256 @@
+"""Workers forked from the driver itself (pool Rule 7), in child interpreters: the
+test process has threads (pytest-timeout's, faulthandler's), so in here the pool
+always takes the fork server's way; a script with one thread forks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.procs import live_descendants, still_alive, wait_until
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+def run_script(tmp_path: Path, source: str, *args: str) -> tuple[str, str]:
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(source))
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr
+
+
+WHO = """
+    import functools, json, os, sys, threading, time
+    import taskmap
+
+    def parent(i):
+        time.sleep(0.2)  # both workers take one
+        return os.getppid()
+
+    def run():
+        funcs = {i: functools.partial(parent, i) for i in range(2)}
+        graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+        return sorted(set(taskmap.run_parallel_async(graph, ncores=2).results.values()))
+
+    alone = run()
+    threading.Thread(target=threading.Event().wait, daemon=True).start()  # a second thread
+    print(json.dumps({"driver": os.getpid(), "alone": alone, "threaded": run()}))
+"""
+
+
+def test_a_driver_with_one_thread_forks_its_workers_one_with_two_does_not(tmp_path):
+    out, _ = run_script(tmp_path, WHO)
+    seen = json.loads(out)
+    assert seen["alone"] == [seen["driver"]]  # forked by the driver
+    [server] = seen["threaded"]  # by the fork server, one process for both
+    assert server != seen["driver"]
+
+
+BAR = """
+    import functools, json, os, threading
+    import taskmap
+
+    def parent(i):
+        return os.getppid()
+
+    funcs = {i: functools.partial(parent, i) for i in range(4)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    graph = taskmap.run_parallel_async(graph, ncores=2, progress=True)
+    threads = [t.name for t in threading.enumerate()]
+    print(json.dumps({"driver": os.getpid(), "parents": sorted(set(graph.results.values())),
+                      "threads": threads}))
+"""
+
+
+def test_the_progress_bar_starts_no_thread_so_workers_still_fork(tmp_path):
+    """tqdm's monitor thread would have made the driver threaded before the pool
+    started: the bar is redrawn by the driver and needs none."""
+    out, err = run_script(tmp_path, BAR)
+    seen = json.loads(out)
+    assert "4/4" in err  # the bar was drawn
+    assert seen["threads"] == ["MainThread"]
+    assert seen["parents"] == [seen["driver"]]
+
+
+SHED = """
+    import functools, json, os, signal, sys, time
+    import taskmap
+    from taskmap.backends.processes import ProcessPool
+
+    def on_usr1(signum, frame):
+        print("the driver's handler ran", flush=True)
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGTERM, on_usr1)
+
+    def end(fd):  # (inode, access mode): a pipe's two ends share their inode
+        with open(f"/proc/self/fdinfo/{fd}") as info:
+            flags = next(line for line in info if line.startswith("flags:"))
+        return os.fstat(fd).st_ino, int(flags.split()[1], 8) & os.O_ACCMODE
+
+    driver_ends = set()  # the driver's ends of its workers' pipes
+    adopt = ProcessPool._adopt
+
+    def spy(self, slot, process, conn, alive):
+        driver_ends.update(end(e.fileno()) for e in (conn, alive))
+        return adopt(self, slot, process, conn, alive)
+
+    ProcessPool._adopt = spy
+
+    def inherited(i):
+        time.sleep(0.3)  # both workers take one
+        ends = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                ends.append(end(int(fd)))
+            except OSError:  # the listing's own fd
+                pass
+        return {
+            "pid": os.getpid(),
+            "usr1": repr(signal.getsignal(signal.SIGUSR1)),
+            "term": repr(signal.getsignal(signal.SIGTERM)),
+            "wakeup": signal.set_wakeup_fd(-1),
+            "ends": ends,
+        }
+
+    funcs = {i: functools.partial(inherited, i) for i in range(2)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    workers = list(taskmap.run_parallel_async(graph, ncores=2).results.values())
+    print(json.dumps({"workers": workers, "driver_ends": sorted(driver_ends)}))
+    print(signal.getsignal(signal.SIGUSR1).__name__)
+"""
+
+
+def test_a_forked_worker_sheds_the_drivers_handlers_wakeup_fd_and_pipe_ends(tmp_path):
+    out, _ = run_script(tmp_path, SHED)
+    first, handler = out.splitlines()
+    seen = json.loads(first)
+    workers = seen["workers"]
+    assert len({w["pid"] for w in workers}) == 2
+    for worker in workers:
+        assert worker["usr1"] == worker["term"] == "<Handlers.SIG_DFL: 0>"
+        assert worker["wakeup"] == -1
+        # no end the driver keeps of any worker's pipes, its own or the first's: held
+        # here, it would keep the other end from seeing EOF when the driver dies
+        assert not {tuple(e) for e in worker["ends"]} & {tuple(e) for e in seen["driver_ends"]}
+    assert len(seen["driver_ends"]) == 4
+    assert handler == "on_usr1"  # the driver's own handler stays
+
+
+LOGS = """
+    import functools, logging, sys
+    import taskmap
+
+    app = logging.getLogger("app")
+    app.addHandler(logging.FileHandler(sys.argv[1]))
+    app.setLevel(logging.INFO)
+
+    def talk(i):
+        logging.getLogger("app").info("hello from task %s", i)
+        return i
+
+    funcs = {i: functools.partial(talk, i) for i in range(4)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    print(taskmap.run_parallel_async(graph, ncores=2).results)
+"""
+
+
+def test_a_forked_workers_records_reach_the_drivers_handlers_once(tmp_path):
+    log = tmp_path / "app.log"
+    run_script(tmp_path, LOGS, str(log))
+    lines = log.read_text().splitlines()
+    assert sorted(lines) == [f"hello from task {i}" for i in range(4)]
+
+
+CRASH = """
+    import functools, json, os, signal, sys, time
+    import taskmap
+
+    def step(i):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.05)
+        return os.getppid()
+
+    funcs = {i: functools.partial(step, i) for i in range(6)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    graph = taskmap.run_parallel(graph, ncores=2)
+    print(json.dumps({
+        "driver": os.getpid(),
+        "results": {str(k): v if isinstance(v, int) else type(v).__name__
+                    for k, v in graph.results.items()},
+    }))
+"""
+
+
+def test_a_forked_worker_killed_is_replaced_by_another_fork(tmp_path):
+    out, _ = run_script(tmp_path, CRASH)
+    seen = json.loads(out)
+    results = seen.pop("results")
+    assert results.pop("1") == "WorkerCrashedError"
+    # the replacement forked from the driver too: it still has no other thread
+    assert set(results.values()) == {seen["driver"]}
+    assert sorted(results) == ["0", "2", "3", "4", "5"]
+
+
+HANG = """
+    import functools, os, sys, time
+    import taskmap
+
+    def hang(path, i):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        time.sleep(120)
+
+    funcs = {i: functools.partial(hang, sys.argv[1], i) for i in range(4)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    try:
+        taskmap.run_parallel_async(graph, ncores=2)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt reached the caller", flush=True)
+        raise
+"""
+
+
+def test_ctrl_c_to_the_whole_process_group_stops_forked_workers(tmp_path):
+    """A terminal's Ctrl-C signals the driver and every worker at once."""
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(HANG))
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pids)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert wait_until(lambda: pids.exists() and pids.read_text().count("\n") >= 2, 20)
+        workers = {int(p) for p in pids.read_text().split()}
+        assert all(os.getpgid(w) == proc.pid for w in workers)  # forked: the same group
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert time.monotonic() - started < 5
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt reached the caller" in out, err
+    assert wait_until(lambda: not still_alive(workers), 5)
+    assert not live_descendants(proc.pid)
