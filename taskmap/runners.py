@@ -438,7 +438,13 @@ def _backend(
     if executor is not None:
         return ExecutorBackend(executor)
     preload = function_modules(graph.funcs.values())
-    return ProcessPool(workers, context=mp_context, name=graph.name, preload=preload)
+    return ProcessPool(
+        workers,
+        context=mp_context,
+        name=graph.name,
+        preload=preload,
+        functions=graph.funcs.values(),
+    )
 
 
 def _run_on_loop(

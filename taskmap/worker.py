@@ -502,6 +502,7 @@ class _PipeQueue:
 
 def forked_main(
     shed: Sequence[Any],
+    inherited: dict[int, Callable[..., Any]],
     conn: Connection,
     alive: Connection,
     env: dict[str, str],
@@ -510,7 +511,8 @@ def forked_main(
     """`main`, in a worker forked from the driver itself (pool Rule 7): first shed
     what the driver's state would do here, so that the worker is as one forked from
     the server.  ``shed`` are the driver's ends of its pipes (this worker's and the
-    others'): held open here, they would keep a pipe from ever reaching EOF."""
+    others'): held open here, they would keep a pipe from ever reaching EOF.
+    ``inherited`` are the graph's functions by id: the driver sends them no "fn"."""
     gc.freeze()  # the driver's objects: never traversed here, their pages stay shared
     with contextlib.suppress(ValueError):  # the driver loop's: a signal would wake it
         signal.set_wakeup_fd(-1)
@@ -524,7 +526,7 @@ def forked_main(
     for logger in logging.root.manager.loggerDict.values():
         if isinstance(logger, logging.Logger):  # the driver's files, bars, captures
             logger.handlers.clear()
-    main(conn, alive, env, log_levels)
+    main(conn, alive, env, log_levels, inherited)
 
 
 def main(
@@ -532,6 +534,7 @@ def main(
     alive: Connection,
     env: dict[str, str],
     log_levels: dict[str, int],
+    inherited: dict[int, Callable[..., Any]] | None = None,
 ) -> None:
     """Run tasks sent by the driver until told to stop or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -554,7 +557,7 @@ def main(
     _route_logging(send, log_levels)
     sys.stdout = _PipeWriter(send, 1)
     sys.stderr = _PipeWriter(send, 2)
-    functions: dict[int, Callable[..., Any] | Exception] = {}
+    functions: dict[int, Callable[..., Any] | Exception] = dict(inherited or {})
     held: dict[int, Any] = {}  # Rule 8: values kept here for their consumer
     runner: asyncio.Runner | None = None  # made at the first coroutine (asyncio: imported then)
     send(("ready", os.getpid()))

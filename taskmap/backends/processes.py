@@ -144,11 +144,11 @@ class _Job:
     tid: int
     task: Hashable
     fid: int
-    fn_blob: bytes
+    fn_blob: bytes | None  # None: inherited by forked workers, pickled when needed
     message: bytes  # the pickled "run" message, arguments included
     future: asyncio.Future[Any]
     shared: list[Shared]  # segments of its arguments: their fds follow the message
-    post: tuple[int, bytes] | None  # the function called on its value there: (fid, blob)
+    post: tuple[int, bytes | None] | None  # the function called on its value there
     timeout: float | None = None
     timer: asyncio.TimerHandle | None = None  # armed when it starts, with a timeout
     expired: bool = False  # it ran past its timeout: its worker is being killed
@@ -233,6 +233,7 @@ class ProcessPool:
         context: str | BaseContext | None = None,
         name: str = "taskmap",
         preload: Iterable[str] = (),
+        functions: Iterable[Callable[..., Any]] = (),
     ) -> None:
         if n < 1:
             raise ValueError(f"a process pool needs at least 1 worker (got {n})")
@@ -248,11 +249,16 @@ class ProcessPool:
         #: modules the fork server imports when it starts (`function_modules`), so that
         #: each worker forks with them instead of importing them at every run
         self.preload = list(preload)
+        #: the graph's functions: a worker forked from the driver has them (Rule 7)
+        self.graph_functions = list(functions)
+        #: fid -> function registered before the first fork, pickled only if a worker
+        #: from the fork server needs it
+        self.inherited: dict[int, Callable[..., Any]] = {}
         self.state = PoolState.NEW
         self.workers: list[_Worker] = []
         self.mean_duration: float | None = None  # of recent tasks, as workers time them
         self.backlog: collections.deque[_Job] = collections.deque()
-        self.functions: dict[int, tuple[Callable[..., Any], int, bytes]] = {}
+        self.functions: dict[int, tuple[Callable[..., Any], int, bytes | None]] = {}
         #: code object -> the first function sent with it: (function, fid, bytes)
         self.codes: dict[Any, tuple[Callable[..., Any], int, bytes]] = {}
         #: fid of a `SameCode` -> (fid, bytes) of the function whose code it shares
@@ -294,9 +300,10 @@ class ProcessPool:
             return
         assert self.loop is not None
         if self.fork is not None and single_threaded():
+            self._inherit()
             try:  # a fork takes milliseconds: all of them now, on the loop (Rule 7)
                 while self.unborn:
-                    self._adopt(self.unborn[-1], *self._launch(fork=True))
+                    self._adopt(self.unborn[-1], *self._launch(fork=True), forked=True)
                     self.unborn.pop()
                 return
             except OSError:  # (out of memory, pids...) the fork server's way, in a thread
@@ -333,7 +340,22 @@ class ProcessPool:
 
     def _spawn(self, slot: int) -> None:
         """Start a worker now, on the loop (a replacement: the server is up)."""
-        self._adopt(slot, *self._launch(fork=self.fork is not None and single_threaded()))
+        fork = self.fork is not None and single_threaded()
+        self._adopt(slot, *self._launch(fork=fork), forked=fork)
+
+    def _inherit(self) -> None:
+        """Before the first fork: give the graph's functions their ids, as `submit`
+        would (a partial's function), so that forked workers have them (Rule 7)."""
+        if self.inherited or not self.graph_functions:
+            return
+        for func in self.graph_functions:
+            if type(func) is functools.partial:
+                func = func.func
+            if id(func) not in self.functions:
+                fid = len(self.functions)
+                self.functions[id(func)] = (func, fid, None)
+                self.inherited[fid] = func
+        self.graph_functions = []
 
     def _launch(self, *, fork: bool = False) -> _Launched:
         """Start a worker process (blocking: a fork of the driver, or through the
@@ -347,7 +369,7 @@ class ProcessPool:
         if fork:  # the child closes the driver's ends of every pipe it inherits
             shed: list[Any] = [end for w in self.workers for end in (w.conn, w.sock, w.alive)]
             shed += [conn, alive_w, *(segment for _, segment in self.exported.values())]
-            target, args = worker_module.forked_main, (shed, *args)
+            target, args = worker_module.forked_main, (shed, self.inherited, *args)
         process = context.Process(  # type: ignore[attr-defined]
             target=target, args=args, name=f"{self.name}-worker-{self.started}", daemon=True
         )
@@ -363,11 +385,21 @@ class ProcessPool:
             alive_r.close()
         return process, conn, alive_w
 
-    def _adopt(self, slot: int, process: BaseProcess, conn: Connection, alive: Connection) -> None:
+    def _adopt(
+        self,
+        slot: int,
+        process: BaseProcess,
+        conn: Connection,
+        alive: Connection,
+        *,
+        forked: bool = False,
+    ) -> None:
         """Watch a started worker from the loop and give it work."""
         assert self.loop is not None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
         worker = _Worker(process, conn, sock, alive, slot, pid=process.pid)
+        if forked:  # it has the graph's functions already
+            worker.known.update(self.inherited)
         self.workers.append(worker)
         self._drain_backlog()
         self.loop.add_reader(conn.fileno(), self._guarded, self._on_readable, worker)
@@ -687,15 +719,18 @@ class ProcessPool:
                 continue
             try:
                 if job.fid not in worker.known:
-                    self._send_function(worker, job.fid, job.fn_blob)
+                    self._send_function(worker, job.fid, job.fn_blob, job.task)
                 if job.post is not None and job.post[0] not in worker.known:
-                    self._send_function(worker, *job.post)
+                    self._send_function(worker, *job.post, job.task)
                 worker.conn.send_bytes(job.message)
                 if job.shared:  # kept until answered: a job whose worker died
                     send_fds(worker.sock, [s.fd for s in job.shared])  # before it ran
                     # goes to another one, with its fds again
             except OSError:  # died just now; its sentinel will replace it
                 continue
+            except SerializationError as exc:  # an inherited function, for a worker
+                job.future.set_exception(exc)  # from the fork server: its task fails
+                return True
             worker.jobs.append(job)
             job.sent = time.perf_counter()
             if job.timeout is not None:
@@ -725,7 +760,7 @@ class ProcessPool:
         self.backlog = waiting
         self._steal()
 
-    def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes]:
+    def _function(self, task: Hashable, func: Callable[..., Any]) -> tuple[int, bytes | None]:
         """The id and bytes of a function; its code crosses once (worker Rule 1): a
         function whose code object a function sent before has is sent as a
         `SameCode` of that one (`bases` says which must reach a worker first)."""
@@ -748,11 +783,24 @@ class ProcessPool:
             entry = self.functions[id(func)] = (func, fid, blob)
         return entry[1], entry[2]
 
-    def _send_function(self, worker: _Worker, fid: int, blob: bytes) -> None:
-        """Send a function to a worker, after the one whose code it shares."""
+    def _send_function(self, worker: _Worker, fid: int, blob: bytes | None, task: Hashable) -> None:
+        """Send a function to a worker, after the one whose code it shares; one the
+        forked workers inherited is pickled now, for one from the fork server.
+
+        Raises:
+            SerializationError: that function cannot be pickled."""
         base = self.bases.get(fid)
         if base is not None and base[0] not in worker.known:
-            self._send_function(worker, *base)
+            self._send_function(worker, *base, task)
+        if blob is None:
+            func = self.inherited[fid]
+            try:
+                blob = worker_module.dumps_for_worker(func)
+            except Exception as exc:
+                raise SerializationError(
+                    task, "function", type(func).__qualname__, str(exc)
+                ) from None
+            self.functions[id(func)] = (func, fid, blob)
         worker.conn.send_bytes(dumps(("fn", fid, blob)))
         worker.known.add(fid)
 
@@ -933,11 +981,11 @@ def _lost(task: Hashable, held: Held) -> WorkerCrashedError:
 def _fits_in_pipe(job: _Job, worker: _Worker, base: tuple[int, bytes] | None) -> bool:
     size = len(job.message)
     if job.fid not in worker.known:
-        size += len(job.fn_blob)
+        size += len(job.fn_blob or b"")
         if base is not None and base[0] not in worker.known:  # sent first (`SameCode`)
             size += len(base[1])
     if job.post is not None and job.post[0] not in worker.known:
-        size += len(job.post[1])
+        size += len(job.post[1] or b"")
     return size <= PREFETCH_MAX_BYTES
 
 

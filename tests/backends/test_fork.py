@@ -106,9 +106,9 @@ SHED = """
     driver_ends = set()  # the driver's ends of its workers' pipes
     adopt = ProcessPool._adopt
 
-    def spy(self, slot, process, conn, alive):
+    def spy(self, slot, process, conn, alive, **kwargs):
         driver_ends.update(end(e.fileno()) for e in (conn, alive))
-        return adopt(self, slot, process, conn, alive)
+        return adopt(self, slot, process, conn, alive, **kwargs)
 
     ProcessPool._adopt = spy
 
@@ -254,3 +254,58 @@ def test_ctrl_c_to_the_whole_process_group_stops_forked_workers(tmp_path):
     assert "KeyboardInterrupt reached the caller" in out, err
     assert wait_until(lambda: not still_alive(workers), 5)
     assert not live_descendants(proc.pid)
+
+
+INHERITED = """
+    import json, os, signal, sys, threading, time
+    import taskmap
+
+    lock = threading.Lock()  # no pickle can carry it
+
+    def crash(_):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def io():
+        time.sleep(0.1)  # a thread of the driver's runs it: the driver is threaded now
+        return 1
+
+    funcs = {
+        "locked": lambda *_: (lock.locked(), os.getppid()),  # a function each
+        "plain": lambda *_: (False, os.getppid()),
+    }
+    deps = {"locked": [], "plain": []}
+    if sys.argv[1] == "replaced":  # the worker dies once the driver has a thread
+        funcs.update(io=io, crash=crash, after_crash=lambda _: 0)
+        deps = {"io": [], "crash": ["io"], "after_crash": ["crash"], "locked": ["io"],
+                "plain": ["io"]}
+    graph = taskmap.create_graph(funcs, deps, io_bound=[k for k in ["io"] if k in funcs])
+    graph = taskmap.run_parallel_async(graph, ncores=1)
+    out = {k: list(v) if isinstance(v, tuple) else f"{type(v).__name__}: {v}"
+           for k, v in graph.results.items() if k in ("locked", "plain", "crash")}
+    print(json.dumps({"driver": os.getpid(), "results": out}))
+"""
+
+
+def test_forked_workers_inherit_the_graphs_functions_unpickled(tmp_path):
+    """A lambda holding a lock cannot be pickled: a forked worker runs it as the
+    driver has it (no function crosses a pipe)."""
+    out, _ = run_script(tmp_path, INHERITED, "forked")
+    seen = json.loads(out)
+    assert seen["results"] == {"locked": [False, seen["driver"]], "plain": [False, seen["driver"]]}
+
+
+def test_a_replacement_from_the_fork_server_gets_inherited_functions_pickled(tmp_path):
+    """The worker dies after an io task's thread made the driver threaded: its
+    replacement comes from the fork server, and the functions the forked worker had
+    cross now, pickled; the one that cannot be fails its own task, by name."""
+    out, _ = run_script(tmp_path, INHERITED, "replaced")
+    seen = json.loads(out)
+    results = seen["results"]
+    assert results["crash"].startswith("WorkerCrashedError: task 'crash' failed")
+    locked = results["locked"]
+    assert locked.startswith("SerializationError: "), locked
+    assert "'locked'" in locked
+    assert "function" in locked
+    plain, server = results["plain"]
+    assert plain is False
+    assert server != seen["driver"]
