@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import random
 import signal
@@ -521,7 +522,32 @@ if sys.version_info >= (3, 12):
 
 else:  # 3.11 has no eager start; stepping the coroutine by hand would run it outside
     # its task (asyncio.timeout() inside it would find the driver's task instead)
-    _start_task = asyncio.ensure_future
+
+    def _start_task(coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """A Task for the coroutine (straight from the loop: `ensure_future`'s checks
+        cost as much as the driver's own work for a no-op task)."""
+        if type(coro) is not CoroutineType:
+            return asyncio.ensure_future(coro)
+        return asyncio.get_running_loop().create_task(coro)
+
+
+_COROUTINE_FUNCTIONS: dict[int, tuple[object, bool]] = {}
+
+
+def _is_coroutine_function(func: Callable[..., Any]) -> bool:
+    """`inspect.iscoroutinefunction`, remembered per function (a partial's function:
+    10,000 partials of one coroutine function ask once)."""
+    inner = func  # inspect unwraps partials too, and reads a marker on what it finds
+    while type(inner) is functools.partial:
+        inner = inner.func
+    known = _COROUTINE_FUNCTIONS.get(id(inner))
+    if known is not None and known[0] is inner:
+        return known[1]
+    answer = inspect.iscoroutinefunction(inner)
+    if len(_COROUTINE_FUNCTIONS) >= 10_000:
+        _COROUTINE_FUNCTIONS.clear()
+    _COROUTINE_FUNCTIONS[id(inner)] = (inner, answer)
+    return answer
 
 
 def call_note(exc: BaseException, name: Hashable, graph: Graph, nargs: int) -> None:
@@ -946,9 +972,7 @@ class AsyncDriver:
         # with a cache, the task runs in the context task_directory() answers from
         ctx = None if outcomes.cache is None else outcomes.cache.context(tid)
         # (inspect.iscoroutinefunction costs more than a no-op task: asked only here)
-        if (seconds is not None or self.frontier.is_io(tid)) and not (
-            inspect.iscoroutinefunction(func)
-        ):
+        if (seconds is not None or self.frontier.is_io(tid)) and not (_is_coroutine_function(func)):
             outcomes.started(tid, THREAD)
             if seconds is not None:  # the loop can only time what does not block it
                 if ctx is None:
@@ -1048,7 +1072,7 @@ class AsyncDriver:
 
     def _watch(self, tid: int, future: asyncio.Future[Any]) -> None:
         self.inflight[tid] = future
-        future.add_done_callback(lambda f: self._on_done(tid, f))
+        future.add_done_callback(functools.partial(self._on_done, tid))
 
     def _on_done(self, tid: int, future: asyncio.Future[Any]) -> None:
         # A loop callback's exception would only be logged by the loop, and the run
