@@ -540,6 +540,7 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     os.environ.update(env)
+    _limit_loaded_blas(env)
     threading.Thread(target=_watchdog, args=(alive,), daemon=True).start()
 
     lock = threading.Lock()
@@ -794,6 +795,46 @@ def _route_logging(send: Callable[[tuple[Any, ...]], None], levels: dict[str, in
     root.addHandler(logging.handlers.QueueHandler(_PipeQueue(send)))  # type: ignore[arg-type]
     for name, level in levels.items():
         logging.getLogger(None if name == "root" else name).setLevel(level)
+
+
+def openblas_libraries() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries loaded in this process (numpy's, scipy's), as
+    ``/proc/self/maps`` lists them; none where there is no such file."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[-1].strip() for line in maps if "openblas" in line}
+    except OSError:
+        return []
+    found = []
+    for path in sorted(paths):
+        if path.startswith("/") and ".so" in path:
+            with contextlib.suppress(OSError):
+                found.append(ctypes.CDLL(path))  # loaded already: the same handle
+    return found
+
+
+#: OpenBLAS's own setter, under the names its builds export (numpy's wheels: scipy_)
+_SET_BLAS_THREADS = (
+    "openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+)
+
+
+def _limit_loaded_blas(env: dict[str, str]) -> None:
+    """An OpenBLAS loaded before this worker began (a forked driver's, or numpy
+    imported by the fork server) read ``OPENBLAS_NUM_THREADS`` then: set its count
+    now, or two workers would run two BLAS threads each on two cores."""
+    wanted = env.get("OPENBLAS_NUM_THREADS", "")
+    if not wanted.isdigit() or not ({"numpy", "scipy"} & sys.modules.keys()):
+        return
+    for library in openblas_libraries():
+        for name in _SET_BLAS_THREADS:
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(int(wanted)))
+                break
 
 
 def _die_with_parent() -> None:

@@ -43,9 +43,11 @@ Rules:
    to it fail with `WorkerCrashedError` naming the lost input.  `collect` brings the
    held values left in the results to the driver before the workers stop.
 7. Workers start as fast as the machine can start a process: a driver with no other
-   thread (Linux, no start method asked for) forks them itself, on the loop, in
+   thread (Linux, no start method asked for; OpenBLAS's idle pool is shut down
+   first, as OpenBLAS does before any fork) forks them itself, on the loop, in
    milliseconds, and the child sheds what it inherited (`worker.forked_main`:
-   the driver's pipe ends, signal handlers, logging).  A driver with another thread
+   the driver's pipe ends, signal handlers, logging) and starts with the graph's
+   functions (none is pickled for it).  A driver with another thread
    never forks (a lock held there would stay held in the child): its workers fork
    from the fork server, whose first start (an interpreter, the worker's modules)
    runs in a thread while jobs wait in the backlog.
@@ -65,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import enum
 import functools
 import json
@@ -299,7 +302,7 @@ class ProcessPool:
         if self.state is not PoolState.RUNNING or not self.unborn or self.launching:
             return
         assert self.loop is not None
-        if self.fork is not None and single_threaded():
+        if self.fork is not None and forkable():
             self._inherit()
             try:  # a fork takes milliseconds: all of them now, on the loop (Rule 7)
                 while self.unborn:
@@ -340,7 +343,7 @@ class ProcessPool:
 
     def _spawn(self, slot: int) -> None:
         """Start a worker now, on the loop (a replacement: the server is up)."""
-        fork = self.fork is not None and single_threaded()
+        fork = self.fork is not None and forkable()
         self._adopt(slot, *self._launch(fork=fork), forked=fork)
 
     def _inherit(self) -> None:
@@ -1031,6 +1034,31 @@ def _log_levels() -> dict[str, int]:
 
 
 _START_LOCK = threading.Lock()
+
+
+def forkable() -> bool:
+    """Whether the driver may fork its workers itself: it has one thread, once
+    OpenBLAS's idle pool (numpy's, started at its import) is shut down as OpenBLAS
+    itself does before any fork; with another Python thread it is never touched."""
+    if single_threaded():
+        return True
+    if threading.active_count() > 1 or not _stop_blas_pools():
+        return False
+    return single_threaded()
+
+
+def _stop_blas_pools() -> bool:
+    """Shut down the thread pool of each OpenBLAS loaded here, with the function
+    OpenBLAS registers as its pthread_atfork prepare handler; it starts again at
+    the next BLAS call.  Only from the one Python thread (no BLAS call can be running:
+    this thread is here).  False when there is none to stop."""
+    stopped = False
+    for library in worker_module.openblas_libraries():
+        shutdown = getattr(library, "blas_thread_shutdown_", None)
+        if shutdown is not None:  # else not OpenBLAS's own pool (an OpenMP build)
+            shutdown.restype = ctypes.c_int
+            stopped = shutdown() == 0 or stopped
+    return stopped
 
 
 def single_threaded() -> bool:

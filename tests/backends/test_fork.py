@@ -309,3 +309,60 @@ def test_a_replacement_from_the_fork_server_gets_inherited_functions_pickled(tmp
     plain, server = results["plain"]
     assert plain is False
     assert server != seen["driver"]
+
+
+NUMPY = """
+    import ctypes, json, os, sys
+    import numpy as np
+    import taskmap
+    from taskmap.worker import openblas_libraries
+
+    def blas_threads():
+        for library in openblas_libraries():
+            for name in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_"):
+                getter = getattr(library, name, None)
+                if getter is not None:
+                    return getter()
+        return None
+
+    def work(i):
+        x = np.arange(90_000, dtype=float).reshape(300, 300) / 1e5
+        return os.getppid(), float((x @ x).sum()), blas_threads()
+
+    x = np.arange(90_000, dtype=float).reshape(300, 300) / 1e5
+    expected = float((x @ x).sum())  # the driver's BLAS pool is up: 2 threads on 2 cores
+    before = len(os.listdir("/proc/self/task"))
+    funcs = {i: (lambda i=i: work(i)) for i in range(4)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    graph = taskmap.run_parallel_async(graph, ncores=2)
+    again = float((x @ x).sum())  # the driver's BLAS after its pool was shut down
+    print(json.dumps({
+        "driver": os.getpid(), "before": before, "results": list(graph.results.values()),
+        "expected": expected, "again": again, "driver_blas": blas_threads(),
+        "threads_now": len(os.listdir("/proc/self/task")),
+    }))
+"""
+
+
+def test_a_numpy_driver_still_forks_and_its_workers_use_their_share_of_blas_threads(tmp_path):
+    """numpy's import starts OpenBLAS's thread pool: the pool is shut down as
+    OpenBLAS itself does before a fork, the workers fork, each with one BLAS thread
+    (2 workers, 2 cores), and the driver's BLAS works on after the run."""
+    pytest.importorskip("numpy")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(NUMPY))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    if os.cpu_count() == 2:
+        assert seen["before"] == 2  # the driver and OpenBLAS's one worker thread
+    for parent, total, blas in seen["results"]:
+        assert parent == seen["driver"]
+        assert total == seen["expected"]
+        assert blas == max(1, (os.cpu_count() or 1) // 2)
+    assert seen["again"] == seen["expected"]
+    assert seen["driver_blas"] == os.cpu_count()
+    assert seen["threads_now"] == seen["before"]  # its pool started again
