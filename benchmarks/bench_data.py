@@ -20,13 +20,15 @@ Every figure comes from a fresh ``python`` running this file with ``--one RUNNER
 SIZE``, which prints JSON.  Its *makespan* is timed with ``time.perf_counter`` around
 ``create_graph`` + the runner (the workers start and stop inside it, as they do for a
 user; numpy and pandas are imported before, as at a script's top, and the tasks
-name them as globals, so the fork server imports them once for the workers, as
-for a script); its *total* runs from the parent's spawn to the end of the run (interpreter
-start and imports added; clock ``time.monotonic``, shared by the processes).  A thread
-of the child samples memory every 5 ms and keeps the peak: the private resident memory
-(``RssAnon + RssFile``) of the child and all its descendants (found by parent pid in
-``/proc``: the fork server, the workers), plus the growth of the machine's shared
-memory (``Shmem`` in ``/proc/meminfo``: memfd segments count once, mapped or not; on a
+name them as globals, as a script's do); its *total* runs from the parent's spawn to
+the end of the run (interpreter start and imports added; clock ``time.monotonic``,
+shared by the processes).  The parent samples memory every 5 ms while the child
+lives (a thread in the child would make its driver threaded, and such a driver
+starts its workers through the fork server rather than forking them as a script's
+does) and keeps the peak: the private resident memory (``RssAnon + RssFile``) of
+the child and all its descendants (found by parent pid in ``/proc``: the workers,
+the fork server if any), plus the growth of the machine's shared memory (``Shmem``
+in ``/proc/meminfo``: memfd segments count once, mapped or not; on a
 busy machine another process's shared memory counts too).  The plain ``VmRSS`` sum is
 printed beside it (it counts a shared page once per process that touched it).  Both
 taskmap runners keep every result in ``graph.results`` (20 values: the default), where
@@ -223,7 +225,10 @@ def _parent_of(pid: int) -> int:
 
 
 class TreeMemory:
-    """Sample the memory of this process and its descendants; keep the peak.
+    """Sample the memory of a process (the child running a figure) and its
+    descendants; keep the peak.  It runs in the parent: a sampling thread in the
+    child would make the driver threaded, and a threaded driver starts its workers
+    through the fork server instead of forking them, unlike a user's script.
 
     A sample is the private resident memory (``RssAnon + RssFile``) summed over the
     processes, plus what the machine's shared memory (``Shmem``) grew since the start:
@@ -236,9 +241,9 @@ class TreeMemory:
     ``/proc/<pid>/task/<tid>/children``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: int) -> None:
         self.peak = self.shmem = self.rss = self.start = 0
-        self._root = os.getpid()
+        self._root = root
         self._shmem_start = _system_shmem()
         self._parents: dict[int, int] = {}  # pid -> parent pid, of every process seen
         self._stop = threading.Event()
@@ -396,9 +401,8 @@ def child(runner: str, kind: str, size: int, spawned: float | None) -> dict[str,
     n = size_of(kind, size)
     import_for(kind)
     funcs, deps = workload(kind, n)
-    with TreeMemory() as memory:
-        seconds, result = RUNNERS[runner](funcs, deps)
-        end = time.monotonic()
+    seconds, result = RUNNERS[runner](funcs, deps)
+    end = time.monotonic()
     got = [tuple(row) for row in result]
     want = expected(kind, n)
     if got != want:
@@ -406,10 +410,6 @@ def child(runner: str, kind: str, size: int, spawned: float | None) -> dict[str,
     out: dict[str, Any] = {
         "makespan": seconds,
         "total": end - spawned if spawned is not None else None,
-        "peak": memory.peak,
-        "shmem": memory.shmem,
-        "rss": memory.rss,
-        "start_rss": memory.start,
     }
     if runner in (FLOOR, KEPT):
         out["loop"], out["makespan"] = seconds, seconds / WORKERS
@@ -447,16 +447,25 @@ def spawn(runner: str, kind: str, size: int) -> dict[str, Any]:
     """Run ``--one runner kind size`` in a fresh ``python``; add its wall time (``wall``)."""
     command = [sys.executable, __file__, "--one", runner, kind, str(size)]
     spawned = time.monotonic()
-    done = subprocess.run(
-        [*command, "--t0", repr(spawned)], capture_output=True, text=True, timeout=1800
+    proc = subprocess.Popen(
+        [*command, "--t0", repr(spawned)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        with TreeMemory(proc.pid) as memory:  # sampled from here (see TreeMemory)
+            stdout, stderr = proc.communicate(timeout=1800)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     wall = time.monotonic() - spawned
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} failed ({done.returncode}):\n{done.stderr}")
-    for line in done.stderr.splitlines()[:5]:  # a warning is worth seeing, not fatal
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed ({proc.returncode}):\n{stderr}")
+    for line in stderr.splitlines()[:5]:  # a warning is worth seeing, not fatal
         print(f"    ({runner} {kind} {size} stderr: {line})")
-    out: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    out["wall"] = wall
+    out: dict[str, Any] = json.loads(stdout.splitlines()[-1])
+    out.update(wall=wall, peak=memory.peak, shmem=memory.shmem, rss=memory.rss)
     return out
 
 

@@ -513,6 +513,7 @@ def forked_main(
     the server.  ``shed`` are the driver's ends of its pipes (this worker's and the
     others'): held open here, they would keep a pipe from ever reaching EOF.
     ``inherited`` are the graph's functions by id: the driver sends them no "fn"."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: Ctrl-C is the driver's
     gc.freeze()  # the driver's objects: never traversed here, their pages stay shared
     with contextlib.suppress(ValueError):  # the driver loop's: a signal would wake it
         signal.set_wakeup_fd(-1)

@@ -797,6 +797,8 @@ class ProcessPool:
             self._send_function(worker, *base, task)
         if blob is None:
             func = self.inherited[fid]
+            blob = self.functions[id(func)][2]  # pickled for an earlier job?
+        if blob is None:
             try:
                 blob = worker_module.dumps_for_worker(func)
             except Exception as exc:
