@@ -43,9 +43,9 @@ Rules:
    to it fail with `WorkerCrashedError` naming the lost input.  `collect` brings the
    held values left in the results to the driver before the workers stop.
 7. Workers start as fast as the machine can start a process: a driver with no other
-   thread (Linux, no start method asked for; OpenBLAS's idle pool is shut down
-   first, as OpenBLAS does before any fork) forks them itself, on the loop, in
-   milliseconds, and the child sheds what it inherited (`worker.forked_main`:
+   thread (Linux, no start method asked for; but for OpenBLAS's idle pool, which
+   OpenBLAS stops before any fork: checked after it) forks them itself, on the loop,
+   in milliseconds, and the child sheds what it inherited (`worker.forked_main`:
    the driver's pipe ends, signal handlers, logging) and starts with the graph's
    functions (none is pickled for it).  While they live, the driver's objects are
    frozen out of its collector (`_freeze`), so that their pages stay shared.  A
@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import enum
 import functools
 import gc
@@ -82,6 +81,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import spawn
@@ -314,7 +314,7 @@ class ProcessPool:
                     self._adopt(self.unborn[-1], *self._launch(fork=True), forked=True)
                     self.unborn.pop()
                 return
-            except OSError:  # (out of memory, pids...) the fork server's way, in a thread
+            except OSError:  # (a thread, out of memory...) the fork server's way, in a thread
                 self.fork = None
         slot = self.unborn.pop()
         self.launching = 1
@@ -348,8 +348,13 @@ class ProcessPool:
 
     def _spawn(self, slot: int) -> None:
         """Start a worker now, on the loop (a replacement: the server is up)."""
-        fork = self.fork is not None and forkable()
-        self._adopt(slot, *self._launch(fork=fork), forked=fork)
+        if self.fork is not None and forkable():
+            try:
+                self._adopt(slot, *self._launch(fork=True), forked=True)
+                return
+            except OSError:  # the fork server's way from now on
+                self.fork = None
+        self._adopt(slot, *self._launch())
 
     def _freeze(self) -> None:
         """While forked workers live, the driver's collector leaves alone the objects
@@ -398,8 +403,7 @@ class ProcessPool:
         )
         try:
             if fork:
-                process.start()
-                self.forked += 1
+                self._fork(process, conn, alive_w)
             else:
                 with _main_not_rerun(), _preloading(self.preload):
                     process.start()
@@ -407,6 +411,25 @@ class ProcessPool:
             child_conn.close()
             alive_r.close()
         return process, conn, alive_w
+
+    def _fork(self, process: BaseProcess, conn: Connection, alive: Connection) -> None:
+        """Fork a worker from the driver.  With OpenBLAS's pool running, the fork
+        relies on OpenBLAS stopping it first: then the driver has one thread after
+        it (the pool comes back at its next BLAS call).  If not, another thread was
+        there: the child may hold a lock forever, so it is killed, and the pool
+        takes the fork server's way (`_ForkedThreaded`)."""
+        threaded = not single_threaded()
+        with warnings.catch_warnings():
+            if threaded:  # Python 3.12+ warns of the thread: it is checked just below
+                warnings.simplefilter("ignore", DeprecationWarning)
+            process.start()
+        if threaded and not single_threaded():
+            _signal(process, "kill")
+            process.join(2.0)
+            conn.close()
+            alive.close()
+            raise _ForkedThreaded("the driver had another thread when it forked")
+        self.forked += 1
 
     def _adopt(
         self,
@@ -1061,28 +1084,18 @@ _START_LOCK = threading.Lock()
 
 
 def forkable() -> bool:
-    """Whether the driver may fork its workers itself: it has one thread, once
-    OpenBLAS's idle pool (numpy's, started at its import) is shut down as OpenBLAS
-    itself does before any fork; with another Python thread it is never touched."""
+    """Whether the driver may fork its workers itself (Rule 7): it has one thread,
+    or its other threads are, it seems, OpenBLAS's idle pool (numpy's, started at
+    its import), which OpenBLAS stops before any fork (its pthread_atfork handler)
+    and starts again at its next call.  `_launch` checks that the fork found one
+    thread; never with another Python thread."""
     if single_threaded():
         return True
-    if threading.active_count() > 1 or not _stop_blas_pools():
-        return False
-    return single_threaded()
+    return threading.active_count() == 1 and bool(worker_module.openblas_libraries())
 
 
-def _stop_blas_pools() -> bool:
-    """Shut down the thread pool of each OpenBLAS loaded here, with the function
-    OpenBLAS registers as its pthread_atfork prepare handler; it starts again at
-    the next BLAS call.  Only from the one Python thread (no BLAS call can be running:
-    this thread is here).  False when there is none to stop."""
-    stopped = False
-    for library in worker_module.openblas_libraries():
-        shutdown = getattr(library, "blas_thread_shutdown_", None)
-        if shutdown is not None:  # else not OpenBLAS's own pool (an OpenMP build)
-            shutdown.restype = ctypes.c_int
-            stopped = shutdown() == 0 or stopped
-    return stopped
+class _ForkedThreaded(OSError):
+    """A fork found a thread besides the driver's own: its child was killed."""
 
 
 def single_threaded() -> bool:

@@ -329,9 +329,13 @@ NUMPY = """
         x = np.arange(90_000, dtype=float).reshape(300, 300) / 1e5
         return os.getppid(), float((x @ x).sum()), blas_threads()
 
+    def threads():  # io_uring's kernel threads aside (uvloop 0.19's libuv starts one)
+        names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+        return sum(not name.startswith("iou-") for name in names)
+
     x = np.arange(90_000, dtype=float).reshape(300, 300) / 1e5
     expected = float((x @ x).sum())  # the driver's BLAS pool is up: 2 threads on 2 cores
-    before = len(os.listdir("/proc/self/task"))
+    before = threads()
     funcs = {i: (lambda i=i: work(i)) for i in range(4)}
     graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
     graph = taskmap.run_parallel_async(graph, ncores=2)
@@ -339,7 +343,7 @@ NUMPY = """
     print(json.dumps({
         "driver": os.getpid(), "before": before, "results": list(graph.results.values()),
         "expected": expected, "again": again, "driver_blas": blas_threads(),
-        "threads_now": len(os.listdir("/proc/self/task")),
+        "threads_now": threads(),
     }))
 """
 
@@ -406,3 +410,53 @@ def test_the_drivers_objects_are_frozen_out_of_its_collector_while_forked_worker
     assert seen["during"] > 100_000
     assert seen["after"] == 0
     assert seen["own_during"] == seen["own_after"] == seen["own"] > 100_000
+
+
+FOREIGN = """
+    import ctypes, json, os
+    import numpy as np
+    import taskmap
+    from taskmap.backends.processes import ProcessPool
+
+    libc = ctypes.CDLL(None)  # a thread started from C: Python's threading sees none
+    thread = ctypes.c_ulong()
+    sleep = ctypes.cast(libc.sleep, ctypes.c_void_p)
+    assert libc.pthread_create(ctypes.byref(thread), None, sleep, ctypes.c_void_p(100)) == 0
+    x = np.ones((200, 200))
+    x @ x  # and OpenBLAS's pool: a fork is tried, as OpenBLAS stops its pool for one
+
+    refused = []
+    fork = ProcessPool._fork
+
+    def spy(self, process, conn, alive):
+        try:
+            fork(self, process, conn, alive)
+        except OSError as exc:
+            refused.append((str(exc), process.exitcode))
+            raise
+
+    ProcessPool._fork = spy
+    funcs = {i: (lambda: os.getppid()) for i in range(2)}
+    graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+    graph = taskmap.run_parallel_async(graph, ncores=2)
+    print(json.dumps({"driver": os.getpid(), "parents": sorted(set(graph.results.values())),
+                      "refused": refused}))
+"""
+
+
+def test_a_fork_that_finds_another_thread_is_undone_and_the_fork_server_used(tmp_path):
+    """The driver's threads looked like OpenBLAS's pool, but a thread started from C
+    was there too: the child of that fork is killed (a lock held by the other
+    thread would be held in it forever), and the workers come from the fork server.
+    Python 3.12+'s warning about a threaded fork does not reach the user."""
+    pytest.importorskip("numpy")
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(FOREIGN))
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["refused"] == [["the driver had another thread when it forked", -9]]
+    [server] = seen["parents"]
+    assert server != seen["driver"]
