@@ -972,7 +972,7 @@ class AsyncDriver:
         # with a cache, the task runs in the context task_directory() answers from
         ctx = None if outcomes.cache is None else outcomes.cache.context(tid)
         # (inspect.iscoroutinefunction costs more than a no-op task: asked only here)
-        if (seconds is not None or self.frontier.is_io(tid)) and not (_is_coroutine_function(func)):
+        if (seconds is not None or self.frontier.is_io(tid)) and not _is_coroutine_function(func):
             outcomes.started(tid, THREAD)
             if seconds is not None:  # the loop can only time what does not block it
                 if ctx is None:
