@@ -47,12 +47,10 @@ Rules:
    OpenBLAS stops before any fork: checked after it) forks them itself, on the loop,
    in milliseconds, and the child sheds what it inherited (`worker.forked_main`:
    the driver's pipe ends, signal handlers, logging) and starts with the graph's
-   functions (none is pickled for it).  While they live, the driver's objects are
-   frozen out of its collector (`_freeze`), so that their pages stay shared.  A
-   driver with another thread never forks (a lock held there would stay held in
-   the child): its workers fork from the fork server, whose first start (an
-   interpreter, the worker's modules) runs in a thread while jobs wait in the
-   backlog.
+   functions (none is pickled for it).  A driver with another thread never forks
+   (a lock held there would stay held in the child): its workers fork from the fork
+   server, whose first start (an interpreter, the worker's modules) runs in a
+   thread while jobs wait in the backlog.
 
 State: ``workers`` every live worker; each `_Worker` holds ``jobs``, the jobs sent
 and not yet answered, in order (the first is running; replies come in the same
@@ -71,7 +69,6 @@ import collections
 import contextlib
 import enum
 import functools
-import gc
 import json
 import logging
 import multiprocessing
@@ -252,7 +249,6 @@ class ProcessPool:
         if context is None and sys.platform.startswith("linux"):
             self.fork = multiprocessing.get_context("fork")
         self.forked = 0  # workers forked from the driver itself, of ``started``
-        self.frozen = False  # the driver's objects frozen out of its GC (Rule 7)
         #: modules the fork server imports when it starts (`function_modules`), so that
         #: each worker forks with them instead of importing them at every run
         self.preload = list(preload)
@@ -308,7 +304,6 @@ class ProcessPool:
         assert self.loop is not None
         if self.fork is not None and forkable():
             self._inherit()
-            self._freeze()
             try:  # a fork takes milliseconds: all of them now, on the loop (Rule 7)
                 while self.unborn:
                     self._adopt(self.unborn[-1], *self._launch(fork=True), forked=True)
@@ -355,21 +350,6 @@ class ProcessPool:
             except OSError:  # the fork server's way from now on
                 self.fork = None
         self._adopt(slot, *self._launch())
-
-    def _freeze(self) -> None:
-        """While forked workers live, the driver's collector leaves alone the objects
-        they share with it: a full collection writes to every object's header, and
-        each page written would be copied (a driver holding gigabytes of small
-        objects would have them twice).  `_thaw` when the pool closes.  Not when
-        the application freezes objects itself (gunicorn's preload does)."""
-        if not self.frozen and gc.get_freeze_count() == 0:
-            gc.freeze()
-            self.frozen = True
-
-    def _thaw(self) -> None:
-        if self.frozen:
-            self.frozen = False
-            gc.unfreeze()
 
     def _inherit(self) -> None:
         """Before the first fork: give the graph's functions their ids, as `submit`
@@ -479,7 +459,6 @@ class ProcessPool:
                 _signal(w.process, "kill")
                 w.process.join(2.0)
             _close(w)
-        self._thaw()
 
     def close_now(self) -> None:
         """Kill every worker without waiting on the loop (a last resort from ``finally``)."""
@@ -493,7 +472,6 @@ class ProcessPool:
             w.process.join(2.0)
             _close(w)
         self.workers = []
-        self._thaw()
 
     def _stop_spawning(self) -> None:
         self.unborn.clear()  # one starting now is killed when it is up (_on_launched)

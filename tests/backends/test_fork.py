@@ -372,46 +372,6 @@ def test_a_numpy_driver_still_forks_and_its_workers_use_their_share_of_blas_thre
     assert seen["threads_now"] == seen["before"]  # its pool started again
 
 
-FREEZE = """
-    import asyncio, gc, json, sys, time
-    import taskmap
-
-    ballast = [[i] for i in range(100_000)]  # the driver's own objects (gc-tracked)
-
-    def cpu(i):
-        time.sleep(0.4)
-        return i
-
-    async def probe():
-        await asyncio.sleep(0.2)  # the workers run meanwhile
-        return gc.get_freeze_count()
-
-    def run():
-        funcs = {"a": lambda: cpu(1), "b": lambda: cpu(2), "probe": probe}
-        graph = taskmap.create_graph(funcs, dict.fromkeys(funcs, []), io_bound=["probe"])
-        return taskmap.run_parallel_async(graph, ncores=2).results["probe"]
-
-    during = run()
-    after = gc.get_freeze_count()
-    gc.freeze()  # the application freezes its own: the pool leaves them be
-    own = gc.get_freeze_count()
-    print(json.dumps({"during": during, "after": after, "own": own,
-                      "own_during": run(), "own_after": gc.get_freeze_count()}))
-"""
-
-
-def test_the_drivers_objects_are_frozen_out_of_its_collector_while_forked_workers_live(
-    tmp_path,
-):
-    """A full collection in the driver would write to every object it shares with
-    the workers, and each page written would be copied."""
-    out, _ = run_script(tmp_path, FREEZE)
-    seen = json.loads(out)
-    assert seen["during"] > 100_000
-    assert seen["after"] == 0
-    assert seen["own_during"] == seen["own_after"] == seen["own"] > 100_000
-
-
 FOREIGN = """
     import ctypes, json, os
     import numpy as np
