@@ -420,3 +420,28 @@ def test_a_fork_that_finds_another_thread_is_undone_and_the_fork_server_used(tmp
     assert seen["refused"] == [["the driver had another thread when it forked", -9]]
     [server] = seen["parents"]
     assert server != seen["driver"]
+
+
+COROUTINE = """
+    import asyncio, functools, json, os
+    import taskmap
+
+    async def step(x):  # a CPU task that is a coroutine: the worker runs its own loop
+        await asyncio.sleep(0.01)
+        return [x, os.getppid()]
+
+    async def main():  # the driver's loop runs while the workers fork from it
+        funcs = {i: functools.partial(step, i) for i in range(4)}
+        graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+        return (await taskmap.arun_parallel_async(graph, ncores=2)).results
+
+    print(json.dumps({"driver": os.getpid(), "results": asyncio.run(main())}))
+"""
+
+
+def test_a_worker_forked_from_a_running_loop_runs_coroutine_tasks_on_its_own(tmp_path):
+    """The child inherits the driver's running loop as running: asyncio tells them
+    apart by pid, so the worker's own loop starts."""
+    out, _ = run_script(tmp_path, COROUTINE)
+    seen = json.loads(out)
+    assert seen["results"] == {str(i): [i, seen["driver"]] for i in range(4)}
