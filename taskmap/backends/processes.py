@@ -44,8 +44,9 @@ Rules:
    held values left in the results to the driver before the workers stop.
 7. Workers start as fast as the machine can start a process: a driver with no other
    thread (Linux, no start method asked for; but for OpenBLAS's idle pool, which
-   OpenBLAS stops before any fork: checked after it) forks them itself, on the loop,
-   in milliseconds, and the child sheds what it inherited (`worker.forked_main`:
+   OpenBLAS stops before any fork: checked after it) and not too large for its
+   page tables to be copied once a worker (`FORK_MAX_COPY`) forks them itself, on
+   the loop, in milliseconds, and the child sheds what it inherited (`worker.forked_main`:
    the driver's pipe ends, signal handlers, logging) and starts with the graph's
    functions (none is pickled for it).  A driver with another thread never forks
    (a lock held there would stay held in the child): its workers fork from the fork
@@ -117,6 +118,11 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 PREFETCH_BELOW = 0.002
 #: ...and only a job whose messages the pipe's buffer takes without blocking.
 PREFETCH_MAX_BYTES = 64 * 1024
+#: Rule 7: the driver forks its workers itself while its resident memory times the
+#: workers to fork stays under this.  A fork copies the page tables of what is
+#: resident, on the loop: about 14 ms a GB here (1 GB: 13 ms, 4 GB: 55 ms), where
+#: the fork server costs 0.1-0.3 s once, and then a millisecond a worker.
+FORK_MAX_COPY = 8 * 2**30
 
 
 class PoolState(enum.Enum):
@@ -302,7 +308,7 @@ class ProcessPool:
         if self.state is not PoolState.RUNNING or not self.unborn or self.launching:
             return
         assert self.loop is not None
-        if self.fork is not None and forkable():
+        if self.fork is not None and forkable(len(self.unborn)):
             self._inherit()
             try:  # a fork takes milliseconds: all of them now, on the loop (Rule 7)
                 while self.unborn:
@@ -343,7 +349,7 @@ class ProcessPool:
 
     def _spawn(self, slot: int) -> None:
         """Start a worker now, on the loop (a replacement: the server is up)."""
-        if self.fork is not None and forkable():
+        if self.fork is not None and forkable(1):
             try:
                 self._adopt(slot, *self._launch(fork=True), forked=True)
                 return
@@ -1061,15 +1067,26 @@ def _log_levels() -> dict[str, int]:
 _START_LOCK = threading.Lock()
 
 
-def forkable() -> bool:
-    """Whether the driver may fork its workers itself (Rule 7): it has one thread,
-    or its other threads are, it seems, OpenBLAS's idle pool (numpy's, started at
-    its import), which OpenBLAS stops before any fork (its pthread_atfork handler)
-    and starts again at its next call.  `_launch` checks that the fork found one
+def forkable(workers: int) -> bool:
+    """Whether the driver may fork ``workers`` workers itself (Rule 7): they cost
+    less than the fork server would (`FORK_MAX_COPY`), and it has one thread, or
+    its other threads are, it seems, OpenBLAS's idle pool (numpy's, started at its
+    import), which OpenBLAS stops before any fork (its pthread_atfork handler) and
+    starts again at its next call.  `_launch` checks that the fork found one
     thread; never with another Python thread."""
+    if _resident_bytes() * workers > FORK_MAX_COPY:
+        return False
     if single_threaded():
         return True
     return threading.active_count() == 1 and bool(worker_module.openblas_libraries())
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _ForkedThreaded(OSError):

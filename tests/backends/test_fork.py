@@ -445,3 +445,31 @@ def test_a_worker_forked_from_a_running_loop_runs_coroutine_tasks_on_its_own(tmp
     out, _ = run_script(tmp_path, COROUTINE)
     seen = json.loads(out)
     assert seen["results"] == {str(i): [i, seen["driver"]] for i in range(4)}
+
+
+LARGE = """
+    import json, os
+    import taskmap
+    from taskmap.backends import processes
+
+    def run():
+        funcs = {i: (lambda: os.getppid()) for i in range(2)}
+        graph = taskmap.create_graph(funcs, {i: [] for i in funcs})
+        return sorted(set(taskmap.run_parallel_async(graph, ncores=2).results.values()))
+
+    small = run()
+    with open("/proc/self/statm") as statm:  # what this driver would copy per fork
+        resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    processes.FORK_MAX_COPY = 2 * resident - 1  # two workers: more than that
+    print(json.dumps({"driver": os.getpid(), "small": small, "large": run()}))
+"""
+
+
+def test_a_driver_too_large_to_fork_quickly_uses_the_fork_server(tmp_path):
+    """A fork copies the page tables of what is resident, on the loop, once per
+    worker: past `FORK_MAX_COPY` the fork server is cheaper."""
+    out, _ = run_script(tmp_path, LARGE)
+    seen = json.loads(out)
+    assert seen["small"] == [seen["driver"]]
+    [server] = seen["large"]
+    assert server != seen["driver"]
