@@ -1072,8 +1072,8 @@ def forkable(workers: int) -> bool:
     less than the fork server would (`FORK_MAX_COPY`), and it has one thread, or
     its other threads are, it seems, OpenBLAS's idle pool (numpy's, started at its
     import), which OpenBLAS stops before any fork (its pthread_atfork handler) and
-    starts again at its next call.  `_launch` checks that the fork found one
-    thread; never with another Python thread."""
+    starts again at its next call.  `ProcessPool._fork` checks that the fork found
+    one thread; never with another Python thread."""
     if _resident_bytes() * workers > FORK_MAX_COPY:
         return False
     if single_threaded():
