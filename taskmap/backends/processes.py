@@ -1096,18 +1096,31 @@ class _ForkedThreaded(OSError):
 def single_threaded() -> bool:
     """Whether this process has one thread, as the kernel counts them: threads
     started from C count too (a BLAS pool, libuv's).  Only then may it fork.  The
-    kernel's io_uring threads (``iou-sqp-*``, ``iou-wrk-*``: libuv's io_uring, in
-    uvloop 0.19) run no code of this process and hold none of its locks."""
+    kernel's io_uring workers (libuv's io_uring, in uvloop 0.19) run no code of this
+    process and hold none of its locks: they do not count.  They are told by their
+    flag, not their name (``iou-sqp-*``), which a new one takes only once it runs."""
     try:
         others = [t for t in os.listdir("/proc/self/task") if t != str(os.getpid())]
-        return all(_thread_name(t).startswith("iou-") for t in others)
     except OSError:
         return False
+    return all(_io_worker(tid) for tid in others)
 
 
-def _thread_name(tid: str) -> str:
-    with open(f"/proc/self/task/{tid}/comm") as comm:
-        return comm.read()
+_PF_IO_WORKER = 0x10  # the kernel's task flag of an io_uring worker (linux/sched.h)
+
+
+def _io_worker(tid: str) -> bool:
+    """Whether a thread of this process is an io_uring worker of the kernel, or gone
+    since the listing (io_uring's workers come and go)."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+        flags = int(stat[stat.rindex(b")") + 2 :].split()[6])  # after "(comm) state ..."
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(flags & _PF_IO_WORKER)
 
 
 @contextlib.contextmanager
