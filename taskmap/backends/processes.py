@@ -802,12 +802,7 @@ class ProcessPool:
             code = getattr(func, "__code__", None)
             first = self.codes.get(code) if type(func) is types.FunctionType else None
             same = None if first is None else SameCode.of(func, first[1], first[0])
-            try:
-                blob = worker_module.dumps_for_worker(func if same is None else same)
-            except Exception as exc:
-                raise SerializationError(
-                    task, "function", type(func).__qualname__, str(exc)
-                ) from None
+            blob = _pickled_function(task, func, same)
             if same is not None:
                 self.bases[fid] = first[1:]  # type: ignore[index]
             elif type(func) is types.FunctionType:
@@ -824,17 +819,12 @@ class ProcessPool:
         base = self.bases.get(fid)
         if base is not None and base[0] not in worker.known:
             self._send_function(worker, *base, task)
-        if blob is None:
+        if blob is None:  # inherited by forked workers: pickled once, when first needed
             func = self.inherited[fid]
-            blob = self.functions[id(func)][2]  # pickled for an earlier job?
-        if blob is None:
-            try:
-                blob = worker_module.dumps_for_worker(func)
-            except Exception as exc:
-                raise SerializationError(
-                    task, "function", type(func).__qualname__, str(exc)
-                ) from None
-            self.functions[id(func)] = (func, fid, blob)
+            blob = self.functions[id(func)][2]
+            if blob is None:
+                blob = _pickled_function(task, func)
+                self.functions[id(func)] = (func, fid, blob)
         worker.conn.send_bytes(dumps(("fn", fid, blob)))
         worker.known.add(fid)
 
@@ -1010,6 +1000,17 @@ def _lost(task: Hashable, held: Held) -> WorkerCrashedError:
         f"before task {task!r} could take it ({how})",
         lost=held.task,
     )
+
+
+def _pickled_function(task: Hashable, func: Callable[..., Any], same: Any = None) -> bytes:
+    """A function's bytes for a worker (``same``: the `SameCode` sent in its place).
+
+    Raises:
+        SerializationError: it cannot be pickled (naming the task)."""
+    try:
+        return worker_module.dumps_for_worker(func if same is None else same)
+    except Exception as exc:
+        raise SerializationError(task, "function", type(func).__qualname__, str(exc)) from None
 
 
 def _fits_in_pipe(job: _Job, worker: _Worker, base: tuple[int, bytes] | None) -> bool:
