@@ -492,8 +492,11 @@ class CacheRun:
         n = len(names)
         self.digests: list[bytes] = [_UNKNOWN] * n
         self.keys: list[str | None] = [None] * n
-        self.inputs: list[tuple[bytes, list[bytes]] | None] = [None] * n
-        self.why: dict[Task, Explanation] = {}
+        self.inputs: list[tuple[bytes, tuple[bytes, ...]] | None] = [None] * n
+        self._why: dict[Task, Explanation] = {}
+        #: tasks served from the cache, not explained in ``why`` yet: a hit costs no
+        #: object the collector tracks (10,000 of them made a rerun's full collection)
+        self._hits: list[Task] = []
         self.stats = CacheStats()
         #: the keys under this run's tasks' prefixes, after a first miss (rule 6), for the
         #: first ``listed`` tasks (a graph may grow); None: not asked, or the store cannot say
@@ -524,6 +527,17 @@ class CacheRun:
         self.items: Mapping[int, tuple[int, Any]] = {}
         #: instances whose own failure record (``'<key>/last'``) this run found
         self.refailed: set[int] = set()
+
+    @property
+    def why(self) -> dict[Task, Explanation]:
+        """Why each task looked at so far runs or not, in the order they were."""
+        why = self._why
+        if self._hits:
+            cached = Reason.CACHED
+            for name in self._hits:
+                why[name] = Explanation(name, False, cached)
+            self._hits.clear()
+        return why
 
     def grow(self, tasks: int) -> None:
         """Make room for ``tasks`` more task ids (instances; ``names`` grew)."""
@@ -632,7 +646,7 @@ class CacheRun:
             self.used.append(key)
             self.stats.hits += 1
             self.stats.bytes_read += len(data)
-            self.why[name] = Explanation(name, False, Reason.CACHED)
+            self._hits.append(name)
             return True, value
         return self._miss(tid, *self._reason(tid))
 
@@ -678,29 +692,9 @@ class CacheRun:
         if task in checkpoint.uncached:
             self.why[name] = Explanation(name, True, Reason.NOT_CACHED, "opted out")
             return ""
-        inputs = []
-        names, digests, get = self.names, self.digests, self.results.get
-        item = self.items.get(tid) if self.items else None
-        for p in self.parents[tid]:
-            if item is not None and p == item[0]:  # an instance's own item
-                d = _digest_or_empty(item[1])
-                if not d:
-                    detail = f"its item ({type(item[1]).__name__}) has no digest"
-                    self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
-                    return ""
-                inputs.append(d)
-                continue
-            value = get(names[p])
-            if value is None:
-                continue  # not passed, so not an input
-            d = digests[p]
-            if d is _UNKNOWN:
-                d = digests[p] = _digest_or_empty(value)
-            if not d:
-                detail = f"the result of {names[p]!r} ({type(value).__name__}) has no digest"
-                self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
-                return ""
-            inputs.append(d)
+        inputs: tuple[bytes, ...] | None = self._inputs(tid, name) if self.parents[tid] else ()
+        if inputs is None:
+            return ""
         code = checkpoint.versions.get(task)
         if code is None:
             try:
@@ -712,8 +706,35 @@ class CacheRun:
         token = checkpoint.token(task)
         key = f"{token}/{task_key(_name_digest(task), code, inputs)}"
         self.keys[tid] = key
-        self.inputs[tid] = (code, inputs)
+        self.inputs[tid] = (code, inputs)  # tuples of bytes: the collector stops tracking them
         return key
+
+    def _inputs(self, tid: int, name: Task) -> tuple[bytes, ...] | None:
+        """The digests of the task's inputs, or None (the reason recorded) when one has none."""
+        inputs = []
+        names, digests, get = self.names, self.digests, self.results.get
+        item = self.items.get(tid) if self.items else None
+        for p in self.parents[tid]:
+            if item is not None and p == item[0]:  # an instance's own item
+                d = _digest_or_empty(item[1])
+                if not d:
+                    detail = f"its item ({type(item[1]).__name__}) has no digest"
+                    self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
+                    return None
+                inputs.append(d)
+                continue
+            value = get(names[p])
+            if value is None:
+                continue  # not passed, so not an input
+            d = digests[p]
+            if d is _UNKNOWN:
+                d = digests[p] = _digest_or_empty(value)
+            if not d:
+                detail = f"the result of {names[p]!r} ({type(value).__name__}) has no digest"
+                self.why[name] = Explanation(name, True, Reason.NOT_CACHED, detail)
+                return None
+            inputs.append(d)
+        return tuple(inputs)
 
     def _get(self, key: str) -> bytes | None:
         try:

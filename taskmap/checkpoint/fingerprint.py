@@ -70,6 +70,7 @@ __all__ = ["Fingerprinter", "fingerprint"]
 
 #: BLAKE2b personalisation: bumping it (or a new Python minor version) invalidates every key.
 _CODE_PERSON = b"taskmap-code1-" + bytes((sys.version_info[0], sys.version_info[1]))
+_CODE_HASH = blake2b(digest_size=16, person=_CODE_PERSON)  # to copy: cheaper than a new one
 
 #: co_flags bits that change what a code object does: *args, **kwargs, generator, coroutine,
 #: iterable coroutine, async generator (CPython's Include/cpython/code.h; stable since 3.6)
@@ -126,10 +127,14 @@ class _CodeInfo:
     imports: tuple[tuple[int, str], ...]  # (level, module) imported in the body, sorted
 
 
+#: how `_h` frames a plain argument's part (b"value:" and its digest) and b"kw"
+_VALUE_PART = _LEN(22) + b"value:"
+_KW_PART = _LEN(2) + b"kw"
+
+
 def _h(*parts: bytes) -> bytes:
-    h = blake2b(digest_size=16, person=_CODE_PERSON)
-    for part in parts:
-        h.update(_LEN(len(part)) + part)
+    h = _CODE_HASH.copy()
+    h.update(b"".join([_LEN(len(part)) + part for part in parts]))
     return h.digest()
 
 
@@ -265,6 +270,7 @@ class Fingerprinter:
         "_count",
         "_desc",
         "_done",
+        "_heads",
         "_index",
         "_keep",
         "_low",
@@ -280,6 +286,7 @@ class Fingerprinter:
         # kept only when that is known (no reference to a node still open)
         self._scopes: dict[tuple[int, int], tuple[CodeType, dict[str, Any], list[_Expr]]] = {}
         self._top: dict[int, tuple[object, bytes]] = {}  # id(func) -> (func, fingerprint)
+        self._heads: dict[bytes, bytes] = {}  # a partial's function's part, framed
         self._done: dict[_Key, tuple[object, bytes]] = {}  # finished nodes, object kept alive
         # Tarjan's state for the nodes of the component being explored:
         self._count = 0  # visit counter
@@ -297,8 +304,7 @@ class Fingerprinter:
             return top[1]
         if type(func) is functools.partial:  # one per task: 10,000 of one function
             quick = self._plain_partial(func)
-            if quick is not None:
-                self._top[id(func)] = (func, quick)
+            if quick is not None:  # not memoised: a run asks once per task
                 return quick
         if not callable(func):
             raise TypeError(
@@ -402,17 +408,23 @@ class Fingerprinter:
 
     def _plain_partial(self, obj: functools.partial[Any]) -> bytes | None:
         """What `_partial` returns for the common partial, without its generality: a
-        function fingerprinted before, plain arguments, no keywords; else None."""
-        known = self._top.get(id(obj.func))
-        if obj.keywords or known is None or known[0] is not obj.func:
+        function fingerprinted before, plain arguments, no keywords; else None.  The
+        bytes `_h` would hash, with the function's part framed once per function."""
+        func = obj.func
+        known = self._top.get(id(func))
+        if obj.keywords or known is None or known[0] is not func:
             return None
-        parts = [b"partial", known[1]]
+        head = self._heads.get(known[1])
+        if head is None:
+            head = self._heads[known[1]] = _LEN(7) + b"partial" + _LEN(16) + known[1]
+        h = _CODE_HASH.copy()
+        h.update(head)
         for arg in obj.args:
             if type(arg) not in _PLAIN:
                 return None
-            parts.append(b"value:" + digest(arg))
-        parts.append(b"kw")
-        return _h(*parts)
+            h.update(_VALUE_PART + digest(arg))
+        h.update(_KW_PART)
+        return h.digest()
 
     def _partial(self, obj: functools.partial[Any]) -> _Expr:
         """A partial: its function (fingerprinted once for all its partials) and arguments."""
@@ -538,7 +550,7 @@ class Fingerprinter:
             return hit[1]
         instructions = [i for i in dis.get_instructions(code) if i.opname not in _SKIP_OPS]
         offsets = [i.offset for i in instructions]
-        h = blake2b(digest_size=16, person=_CODE_PERSON)
+        h = _CODE_HASH.copy()
         up = h.update
         up(
             b"code"

@@ -534,3 +534,24 @@ def test_deleting_many_keys_keeps_the_totals_and_the_survivors(
     again = DirectoryStore(tmp_path)
     assert sorted(again) == sorted(survivors)
     again.close()
+
+
+@pytest.mark.parametrize("json_each", [True, False], ids=["json_each", "chunks"])
+def test_many_keys_are_read_and_their_uses_recorded_with_or_without_json_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_each: bool
+) -> None:
+    """`get_many` and the uses of a commit take one statement over a JSON array of keys,
+    or chunks of 500 where SQLite lacks json_each (or UPDATE ... FROM): same answers."""
+    if not json_each:
+        monkeypatch.setattr(store_module, "_JSON_EACH", {"get": False, "use": False})
+    store = DirectoryStore(tmp_path)
+    entries = {f"t-{i % 3}/{i:032x}": bytes([i % 251]) * 20 for i in range(1234)}
+    store.commit(list(entries.items()), when=1000.0)
+    asked = [*reversed(entries), "t-0/not-stored"]
+    assert store.get_many(asked) == entries
+    recent = list(entries)[::2]
+    store.commit(uses=recent, when=5000.0)
+    store.commit(uses=recent[:10], when=5000.0 + store_module.USE_RESOLUTION / 2)  # too soon
+    used = {s.key: s.used for s in store.stat_under([""])}
+    assert used == {key: 5000.0 if key in recent else 1000.0 for key in entries}
+    store.close()
