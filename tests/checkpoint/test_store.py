@@ -292,7 +292,7 @@ def test_a_store_made_before_use_was_recorded_is_migrated_in_place(tmp_path: Pat
     assert stats["mine"][3:] == (None, None, None)  # not a taskmap entry
     store.close()
     db = sqlite3.connect(tmp_path / "s" / DB_NAME)
-    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
     db.close()
     assert DirectoryStore(tmp_path / "s").usage() == (4, sum(map(len, items.values())))
 
@@ -551,7 +551,14 @@ def test_many_keys_are_read_and_their_uses_recorded_with_or_without_json_each(
     assert store.get_many(asked) == entries
     recent = list(entries)[::2]
     store.commit(uses=recent, when=5000.0)
-    store.commit(uses=recent[:10], when=5000.0 + store_module.USE_RESOLUTION / 2)  # too soon
-    used = {s.key: s.used for s in store.stat_under([""])}
+    store.commit(uses=recent[:5], when=4000.0)  # logged out of order: the last use wins
+    used = {s.key: s.used for s in store.stat_under([""])}  # the log is folded in first
     assert used == {key: 5000.0 if key in recent else 1000.0 for key in entries}
+    store.commit(uses=recent[:10], when=5000.0 + store_module.USE_RESOLUTION / 2)  # too soon
+    assert {s.key: s.used for s in store.stat_under([""])} == used
     store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert db.execute("SELECT count(*) FROM uses").fetchone() == (0,)
+    finally:
+        db.close()

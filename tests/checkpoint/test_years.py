@@ -220,6 +220,7 @@ def test_a_use_is_recorded_once_per_resolution(calls: Calls, tmp_path: Path) -> 
     taskmap.run(chain(calls, cache))  # 30 s later: within the resolution, nothing written
     assert {e.key: e.used for e in taskmap.list_cache(graph)} == before
     store.commit(uses=list(before), when=time.time() - 61)
+    assert all(e.used < time.time() - 60 for e in taskmap.list_cache(graph))
     taskmap.run(chain(calls, cache))  # 61 s later: recorded
     after = {e.key: e.used for e in taskmap.list_cache(graph)}
     assert all(after[key] > time.time() - 5 for key in before)
