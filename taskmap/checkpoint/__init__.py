@@ -268,7 +268,7 @@ class Checkpoint:
             self.decoders.setdefault(encoder.name, encoder)
         self.pending: list[tuple[str, bytes | None]] = []  # held by write='manual'
         self.reset: set[Task] = set()  # reset by the user since the last run
-        self._tokens: dict[Task, str] = {}
+        self._tokens: dict[Task, tuple[str, bytes]] = {}
 
     def __repr__(self) -> str:  # never the secret
         limit = "" if self.limit is None else f" limit={self.limit}"
@@ -291,14 +291,20 @@ class Checkpoint:
 
     def token(self, task: Task) -> str:
         """The key prefix of a task's entries: its name made safe, and a digest of it."""
-        token = self._tokens.get(task)
-        if token is None:
+        named = self._tokens.get(task)
+        return (named or self.named(task))[0]
+
+    def named(self, task: Task) -> tuple[str, bytes]:
+        """The task's `token` and the digest of its name (a part of each of its keys)."""
+        named = self._tokens.get(task)
+        if named is None:
             if type(task) is str and task.isidentifier() and len(task) <= 48:
                 safe = task  # the common case, without a regex
             else:
                 safe = _UNSAFE.sub("_", str(task))[:48]
-            token = self._tokens[task] = f"{safe}-{_name_digest(task)[:5].hex()}"
-        return token
+            name = _name_digest(task)
+            named = self._tokens[task] = (f"{safe}-{name[:5].hex()}", name)
+        return named
 
     def open_run(
         self,
@@ -703,8 +709,8 @@ class CacheRun:
                 self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
                 return ""
-        token = checkpoint.token(task)
-        key = f"{token}/{task_key(_name_digest(task), code, inputs)}"
+        token, name_digest = checkpoint._tokens.get(task) or checkpoint.named(task)
+        key = f"{token}/{task_key(name_digest, code, inputs)}"
         self.keys[tid] = key
         self.inputs[tid] = (code, inputs)  # tuples of bytes: the collector stops tracking them
         return key
