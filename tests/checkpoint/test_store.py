@@ -562,3 +562,48 @@ def test_many_keys_are_read_and_their_uses_recorded_with_or_without_json_each(
         assert db.execute("SELECT count(*) FROM uses").fetchone() == (0,)
     finally:
         db.close()
+
+
+def test_the_log_of_uses_is_folded_once_it_holds_enough_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit of uses adds one row to the log; at `_FOLD_ROWS` rows it is folded
+    into meta (each key's last use) without anything reading it, and emptied."""
+    monkeypatch.setattr(store_module, "_FOLD_ROWS", 3)
+    store = DirectoryStore(tmp_path)
+    store.commit([("t-1/a", b"1"), ("t-1/b", b"2")], when=100.0)
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        for when in (1000.0, 2000.0):
+            store.commit(uses=["t-1/a"], when=when)
+        logged = db.execute("SELECT count(*) FROM uses").fetchone()
+        used = dict(db.execute("SELECT key, used FROM meta").fetchall())
+        assert (logged, used) == ((2,), {"t-1/a": 100.0, "t-1/b": 100.0})  # not folded yet
+        store.commit(uses=["t-1/b"], when=3000.0)  # the third row: folded
+        assert db.execute("SELECT count(*) FROM uses").fetchone() == (0,)
+        used = dict(db.execute("SELECT key, used FROM meta").fetchall())
+        assert used == {"t-1/a": 2000.0, "t-1/b": 3000.0}
+    finally:
+        db.close()
+        store.close()
+
+
+def test_a_store_of_schema_1_gains_the_log_of_uses_and_keeps_its_last_uses(
+    tmp_path: Path,
+) -> None:
+    store = DirectoryStore(tmp_path)
+    store.commit([("t-1/a", b"1")], when=100.0)
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    db.execute("DROP TABLE uses")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    store = DirectoryStore(tmp_path)
+    store.commit(uses=["t-1/a"], when=500.0)
+    assert [(s.key, s.used) for s in store.stat_under([""])] == [("t-1/a", 500.0)]
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    finally:
+        db.close()
