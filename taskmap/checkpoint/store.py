@@ -535,8 +535,8 @@ def _transaction(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Bring a store to `SCHEMA_VERSION`: add ``meta`` and ``totals`` (rule 6) and fill
-    them from the entries, reading only each entry's head; add the log of uses.  One transaction; a
-    process that waited for the lock meanwhile finds it done."""
+    them from the entries, reading only each entry's head; add the log of uses.  One
+    transaction; a process that waited for the lock meanwhile finds it done."""
 
     def body(db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -726,27 +726,28 @@ def _fields(data: bytes) -> tuple[str | None, float | None, str | None]:
         return None, None, None
 
 
-_JSON_EACH: dict[str, bool] = {}  # sqlite version, or `_KEYED` name -> whether it works
+#: sqlite version -> whether it has json_each; `_KEYED` name -> whether its JSON form works
+_JSON_EACH: dict[str, bool] = {}
 
 
 def _keyed(
-    db: sqlite3.Connection, sql: str, keys: Sequence[str], params: Sequence[Any] = ()
+    db: sqlite3.Connection, name: str, keys: Sequence[str], params: Sequence[Any] = ()
 ) -> list[Any]:
-    """Run ``sql`` for ``keys``, with ``params`` first: ``sql`` is a pair, its first
-    form reading the keys from a JSON array (``{keys}``: ``json_each(?)``), its second
-    taking a list of them (``{keys}``: ``?,?,...``), run once per chunk where SQLite
-    has no ``json_each`` (or no ``UPDATE ... FROM``, before 3.33).  Sorted keys
-    visit the b-trees' pages in order: twice as fast as a run's order at 10,000."""
+    """Run the statement `_KEYED` names for ``keys``, with ``params`` first: its form
+    over a JSON array of the keys, or, where SQLite has no ``json_each`` (or the
+    statement has no such form), its form over a list of them, once per chunk.
+    Sorted keys visit the b-trees' pages in order: twice as fast as a run's order at
+    10,000 keys."""
     if not keys:
         return []
-    whole, chunked = _KEYED[sql]
-    if _JSON_EACH.get(sql, True):
+    whole, chunked = _KEYED[name]
+    if whole is not None and _JSON_EACH.get(name, True):
         try:
             return db.execute(whole, (*params, json.dumps(keys))).fetchall()
-        except sqlite3.OperationalError as exc:  # SQLite built without JSON, or too old
-            if "json_each" not in str(exc) and "syntax error" not in str(exc):
+        except sqlite3.OperationalError as exc:  # SQLite built without JSON
+            if "json_each" not in str(exc):
                 raise
-            _JSON_EACH[sql] = False
+            _JSON_EACH[name] = False
     rows = []
     for start in range(0, len(keys), 500):  # SQLite caps the parameters of a query
         chunk = keys[start : start + 500]
@@ -806,18 +807,15 @@ def _has_json(db: sqlite3.Connection) -> bool:
     return found
 
 
-#: name -> (the statement over a JSON array of keys, the statement over a list of them)
-_KEYED = {
+#: name -> (the statement over a JSON array of keys, or None; over a list of them)
+_KEYED: dict[str, tuple[str | None, str]] = {
     "get": (
         "SELECT e.key, e.value FROM json_each(?) AS j CROSS JOIN entries AS e ON e.key = j.value",
         "SELECT key, value FROM entries WHERE key IN ({keys})",
     ),
-    # a use within USE_RESOLUTION of the last one recorded writes nothing
-    "use": (
-        "UPDATE meta SET used = ?1 FROM json_each(?4) AS j"
-        " WHERE meta.key = j.value AND used NOT BETWEEN ?2 AND ?3",
-        "UPDATE meta SET used = ? WHERE used NOT BETWEEN ? AND ? AND key IN ({keys})",
-    ),
+    # without the log (no json_each): a use within USE_RESOLUTION of the last one
+    # recorded writes nothing
+    "use": (None, "UPDATE meta SET used = ? WHERE used NOT BETWEEN ? AND ? AND key IN ({keys})"),
 }
 
 
