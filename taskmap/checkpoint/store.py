@@ -104,15 +104,25 @@ _SCHEMA_1 = (
     # small rows, read in key order: clustered on the key (no rowid, no second b-tree)
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, size INTEGER NOT NULL,"
     " used REAL NOT NULL, task TEXT, written REAL, enc TEXT) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS meta_used ON meta (used)",
     "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 0),"
     " entries INTEGER NOT NULL, bytes INTEGER NOT NULL, mark INTEGER NOT NULL)",
 )
-#: schema version 2: the log of uses (rule 6), one row per run: when, and the keys read
-_SCHEMA_2 = "CREATE TABLE IF NOT EXISTS uses (used REAL NOT NULL, n INTEGER NOT NULL, keys TEXT)"
+#: schema version 2: the log of uses (rule 6), one row per run: when, and the keys read;
+#: the tasks' ``last`` records, one small row each (rule 9)
+_SCHEMA_2 = (
+    "CREATE TABLE IF NOT EXISTS uses (used REAL NOT NULL, n INTEGER NOT NULL, keys TEXT)",
+    "CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+)
+#: the index on last use: made by the first trim (rule 6), then kept
+_USED_INDEX = "CREATE INDEX IF NOT EXISTS meta_used ON meta (used)"
 #: the log is folded into ``meta`` when it holds this many runs, or this many keys
 _FOLD_ROWS, _FOLD_KEYS = 32, 250_000
 _GET = "SELECT value FROM entries WHERE key = ?"
+#: a ``last`` record: in ``records``, or in ``entries`` where an older taskmap wrote it
+_GET_RECORD = (
+    "SELECT value FROM records WHERE key = ?1"
+    " UNION ALL SELECT value FROM entries WHERE key = ?1 LIMIT 1"
+)
 #: seconds: last uses are recorded to this resolution (least-recently-used order among
 #: entries used within it is the order they were written in)
 USE_RESOLUTION = 60.0
@@ -297,13 +307,14 @@ class DirectoryStore(MutableMapping[str, bytes]):
         return data  # type: ignore[no-any-return]
 
     def get(self, key: str, default: Any = None) -> Any:
+        sql = _GET_RECORD if key.endswith("/last") else _GET
         try:  # the hot path of a cached rerun: no closure
-            row = self._db().execute(_GET, (key,)).fetchone()
+            row = self._db().execute(sql, (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
             if not _damaged(exc):
                 raise
             self._heal(exc)
-            row = self._read(lambda db: db.execute(_GET, (key,)).fetchone())
+            row = self._read(lambda db: db.execute(sql, (key,)).fetchone())
         if self._notes:
             self._warn_notes()
         return default if row is None else row[0]
@@ -311,9 +322,21 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The entries of those ``keys`` that exist, read in one query (a few where
         SQLite has no ``json_each``)."""
-        return dict(self._read(lambda db: _keyed(db, "get", sorted(keys))))
+        records = [key for key in keys if key.endswith("/last")]
+        entries = sorted(keys) if not records else sorted(set(keys).difference(records))
+
+        def read(db: sqlite3.Connection) -> dict[str, bytes]:
+            found = dict(_keyed(db, "get", entries))
+            if records:  # rare: a run asks for entries; an older taskmap's records too
+                found.update(_keyed(db, "get", sorted(records)))
+                found.update(_keyed(db, "get record", sorted(records)))
+            return found
+
+        return self._read(read)
 
     def __contains__(self, key: object) -> bool:
+        if isinstance(key, str) and key.endswith("/last"):
+            return self.get(key) is not None
         sql = "SELECT 1 FROM entries WHERE key = ?"
         return self._read(lambda db: db.execute(sql, (key,)).fetchone() is not None)
 
@@ -345,8 +368,11 @@ class DirectoryStore(MutableMapping[str, bytes]):
         """
         used = time.time() if when is None else when
         final = dict(writes)  # the last write of a key wins
+        records = [(k, final.pop(k)) for k in [k for k in final if k.endswith("/last")]]
 
         def body(db: sqlite3.Connection) -> None:
+            if records:  # rule 9
+                db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?)", records)
             if final:
                 count, size = _sizes(db, list(final))  # of the entries replaced
                 db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?)", final.items())
@@ -385,21 +411,31 @@ class DirectoryStore(MutableMapping[str, bytes]):
         return count
 
     def keys_under(self, prefix: str) -> list[str]:
-        """The keys starting with ``prefix``, sorted."""
-        sql = "SELECT key FROM entries WHERE key >= ? AND key < ? ORDER BY key"
+        """The keys starting with ``prefix``, sorted (``last`` records' too)."""
+        sql = (
+            "SELECT key FROM entries WHERE key >= ?1 AND key < ?2"
+            " UNION SELECT key FROM records WHERE key >= ?1 AND key < ?2 ORDER BY key"
+        )
         rows = self._read(lambda db: db.execute(sql, (prefix, prefix + _HIGHEST)).fetchall())
         return [key for (key,) in rows]
 
     def keys_under_many(self, prefixes: Sequence[str]) -> list[str]:
-        """The keys starting with any of ``prefixes`` (in one query where SQLite has
-        ``json_each``): what a run asks at its first miss, for its own tasks only."""
-        rows = self._read(lambda db: _under(db, "e.key", "entries", prefixes))
-        return [key for (key,) in rows]
+        """The keys starting with any of ``prefixes`` (in one query per table where
+        SQLite has ``json_each``; ``last`` records' too): what a run asks at its first
+        miss, for its own tasks only."""
+
+        def read(db: sqlite3.Connection) -> list[Any]:
+            return _under(db, "e.key", "entries", prefixes) + _under(
+                db, "e.key", "records", prefixes
+            )
+
+        return [key for (key,) in self._read(read)]
 
     def stat_under(self, prefixes: Sequence[str]) -> list[Stat]:
-        """A `Stat` of every key starting with one of ``prefixes`` (``['']``: every
-        key), in no particular order, read from ``meta``: no value is read, except the
-        head of an entry written by an older taskmap (``last`` records are not read)."""
+        """A `Stat` of every entry whose key starts with one of ``prefixes`` (``['']``:
+        every entry), in no particular order, read from ``meta``: no value is read,
+        except the head of an entry written by an older taskmap.  ``last`` records,
+        kept apart (rule 9), are not listed."""
 
         self._fold()
 
@@ -441,6 +477,7 @@ class DirectoryStore(MutableMapping[str, bytes]):
             if excess <= 0:
                 return []
             _fold(db)
+            db.execute(_USED_INDEX)  # once: a store never trimmed does without it
             dropped: list[Stat] = []
             columns = "key, size, used, task, written, enc"
             rows = db.execute(f"SELECT {columns} FROM meta ORDER BY used")
@@ -481,11 +518,13 @@ class DirectoryStore(MutableMapping[str, bytes]):
                 db.executescript("PRAGMA incremental_vacuum;")
 
     def __iter__(self) -> Iterator[str]:
-        rows = self._read(lambda db: db.execute("SELECT key FROM entries ORDER BY key").fetchall())
+        sql = "SELECT key FROM entries UNION SELECT key FROM records ORDER BY key"
+        rows = self._read(lambda db: db.execute(sql).fetchall())
         return iter([key for (key,) in rows])
 
     def __len__(self) -> int:
-        return int(self._read(lambda db: db.execute("SELECT count(*) FROM entries").fetchone()[0]))
+        sql = "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM records)"
+        return int(self._read(lambda db: db.execute(sql).fetchone()[0]))
 
     def release(self) -> None:
         """Close the calling thread's connection (a thread that is ending calls it)."""
@@ -546,8 +585,13 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute(_SCHEMA)
             for statement in _SCHEMA_1:
                 db.execute(statement)
+        for statement in _SCHEMA_2:
+            db.execute(statement)
+        _move_records(db)
+        if version < 1:
             _index(db, {})
-        db.execute(_SCHEMA_2)
+        else:  # made again by the first trim: most stores are never trimmed
+            db.execute("DROP INDEX IF EXISTS meta_used")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     _transaction(db, body)
@@ -572,6 +616,19 @@ def _index(db: sqlite3.Connection, used: Mapping[str, float]) -> None:
     )
 
 
+def _move_records(db: sqlite3.Connection) -> None:
+    """Move ``last`` records from ``entries`` (and ``meta``) to ``records`` (rule 9):
+    a store made before schema version 2, or written to by an older taskmap since.
+    The caller counts ``totals`` again (`_index`) or keeps them right: ``_COUNT``."""
+    last = "substr(key, -5) = '/last'"
+    db.execute(f"INSERT OR REPLACE INTO records SELECT key, value FROM entries WHERE {last}")
+    count, size = db.execute(f"SELECT count(*), total(size) FROM meta WHERE {last}").fetchone()
+    db.execute(f"DELETE FROM meta WHERE {last}")
+    db.execute(f"DELETE FROM entries WHERE {last}")
+    if db.execute("SELECT 1 FROM totals").fetchone() is not None:
+        db.execute(_COUNT, (-count, -int(size)))
+
+
 def _consistent(db: sqlite3.Connection) -> bool:
     """Whether ``totals`` still counts what ``entries`` holds: an older taskmap writing
     to a migrated store changes the count or the highest rowid without telling it."""
@@ -586,6 +643,7 @@ def _reindex(db: sqlite3.Connection) -> None:
     def body(db: sqlite3.Connection) -> None:
         if not _consistent(db):  # another process may have done it meanwhile
             _fold(db)
+            _move_records(db)
             _index(db, dict(db.execute("SELECT key, used FROM meta").fetchall()))
 
     _transaction(db, body)
@@ -620,12 +678,21 @@ _MANY = 1000
 
 def _drop(db: sqlite3.Connection, keys: Iterable[str]) -> int:
     """Delete ``keys`` from entries and meta, in key order (the b-trees' order), and
-    count them out of totals; return how many entries went.  Call in a transaction."""
+    count them out of totals, and ``last`` records from theirs; return how many keys
+    went.  Call in a transaction."""
     keys = sorted(set(keys))
-    if len(keys) >= _MANY:
-        return _drop_many(db, keys)
-    count, size = _sizes(db, keys)
+    records = [key for key in keys if key.endswith("/last")]
     gone = 0
+    if records:  # from records; from entries too (`keys`), where an older taskmap wrote
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            gone += db.execute(f"DELETE FROM records WHERE key IN ({marks})", chunk).rowcount
+    if len(keys) >= _MANY:
+        return gone + _drop_many(db, keys)
+    if not keys:
+        return gone
+    count, size = _sizes(db, keys)
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
@@ -677,11 +744,13 @@ def _rebuild(db: sqlite3.Connection) -> None:
     )
     db.execute(_SCHEMA_1[0].replace("meta", "meta_new"))
     db.execute(f"INSERT INTO meta_new SELECT * FROM meta {keep}")
+    indexed = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta_used'").fetchone()
     db.execute("DROP TABLE entries")
     db.execute("DROP TABLE meta")
     db.execute("ALTER TABLE entries_new RENAME TO entries")
     db.execute("ALTER TABLE meta_new RENAME TO meta")
-    db.execute(_SCHEMA_1[1])  # the index on last use
+    if indexed:
+        db.execute(_USED_INDEX)
     db.execute(
         "UPDATE totals SET entries = (SELECT count(*) FROM meta),"
         " bytes = (SELECT total(size) FROM meta),"
@@ -813,6 +882,7 @@ _KEYED: dict[str, tuple[str | None, str]] = {
         "SELECT e.key, e.value FROM json_each(?) AS j CROSS JOIN entries AS e ON e.key = j.value",
         "SELECT key, value FROM entries WHERE key IN ({keys})",
     ),
+    "get record": (None, "SELECT key, value FROM records WHERE key IN ({keys})"),
     # without the log (no json_each): a use within USE_RESOLUTION of the last one
     # recorded writes nothing
     "use": (None, "UPDATE meta SET used = ? WHERE used NOT BETWEEN ? AND ? AND key IN ({keys})"),

@@ -278,9 +278,10 @@ def test_a_store_made_before_use_was_recorded_is_migrated_in_place(tmp_path: Pat
     old_store(tmp_path / "s", items)
     store = DirectoryStore(tmp_path / "s")
     assert dict(store.items()) == items  # every entry kept as it was
-    assert store.usage() == (4, sum(map(len, items.values())))
+    values = {k: v for k, v in items.items() if not k.endswith("/last")}
+    assert store.usage() == (3, sum(map(len, values.values())))  # records apart (rule 9)
     stats = {s.key: s for s in store.stat_under([""])}
-    assert {k: s.size for k, s in stats.items()} == {k: len(v) for k, v in items.items()}
+    assert {k: s.size for k, s in stats.items()} == {k: len(v) for k, v in values.items()}
     assert stats["a-1/" + "0" * 32][1:] == (
         len(items["a-1/" + "0" * 32]),
         1000.0,
@@ -294,7 +295,7 @@ def test_a_store_made_before_use_was_recorded_is_migrated_in_place(tmp_path: Pat
     db = sqlite3.connect(tmp_path / "s" / DB_NAME)
     assert db.execute("PRAGMA user_version").fetchone() == (2,)
     db.close()
-    assert DirectoryStore(tmp_path / "s").usage() == (4, sum(map(len, items.values())))
+    assert DirectoryStore(tmp_path / "s").usage() == (3, sum(map(len, values.values())))
 
 
 def test_a_store_an_older_taskmap_wrote_to_is_reindexed_when_opened(tmp_path: Path) -> None:
@@ -333,7 +334,7 @@ def test_trim_drops_least_recently_used_entries_and_keeps_last_records(tmp_path:
     dropped = store.trim(len(mid) + 10)
     assert [s.key for s in dropped] == ["t-1/old", "t-1/new"]
     assert sorted(store) == ["t-1/last", "t-1/mid"]
-    assert store.usage() == (2, len(mid) + 10)
+    assert store.usage() == (1, len(mid))  # a record is kept apart (rule 9), not counted
 
 
 def test_keys_under_many_lists_only_those_prefixes(tmp_path: Path) -> None:
@@ -488,8 +489,8 @@ def test_stat_under_gives_the_entries_under_those_prefixes_only(
     store.update({f"other-{i:03d}/x": entry("other") for i in range(others)})
     store.update({"a-1/x": entry("a"), "a-1/last": b"r", "a-10/x": entry("a10"), "b-2/y": b"?"})
     found = sorted(store.stat_under(["a-1/", "b-2/"]))
-    assert [(s.key, s.task) for s in found] == [("a-1/last", None), ("a-1/x", "a"), ("b-2/y", None)]
-    assert len(store.stat_under([""])) == others + 4
+    assert [(s.key, s.task) for s in found] == [("a-1/x", "a"), ("b-2/y", None)]  # no record
+    assert len(store.stat_under([""])) == others + 3
 
 
 @pytest.mark.parametrize("size", [0, 10, 5000, 100_000])
@@ -609,3 +610,68 @@ def test_a_store_of_schema_1_gains_the_log_of_uses_and_keeps_its_last_uses(
         assert db.execute("PRAGMA user_version").fetchone() == (2,)
     finally:
         db.close()
+
+
+def test_last_records_are_kept_apart_and_found_where_an_older_taskmap_wrote_them(
+    tmp_path: Path,
+) -> None:
+    """Rule 9: a task's ``last`` record is one row of its own table, outside the
+    entries' count; one an older taskmap wrote among the entries is still read,
+    listed and deleted."""
+    value = entry("t")
+    store = DirectoryStore(tmp_path)
+    store.update({"t-1/" + "a" * 32: value, "t-1/last": b"mine"})
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    try:
+        assert db.execute("SELECT key FROM records").fetchall() == [("t-1/last",)]
+        assert db.execute("SELECT key FROM entries").fetchall() == [("t-1/" + "a" * 32,)]
+        db.execute("BEGIN")  # an older taskmap writes its record as an entry, and counts it
+        db.execute("INSERT INTO entries VALUES ('u-2/last', x'6f6c64')")
+        db.execute("INSERT INTO meta VALUES ('u-2/last', 3, 0.0, NULL, NULL, NULL)")
+        db.execute(store_module._COUNT, (1, 3))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    store.release()
+    assert store.get("u-2/last") == b"old"
+    assert "u-2/last" in store
+    assert store.get_many(["t-1/last", "u-2/last"]) == {"t-1/last": b"mine", "u-2/last": b"old"}
+    assert store.keys_under("u-2/") == ["u-2/last"]
+    assert sorted(store) == ["t-1/" + "a" * 32, "t-1/last", "u-2/last"]
+    del store["u-2/last"]
+    assert "u-2/last" not in store
+    assert store.usage() == (1, len(value))
+    store.close()
+
+
+def test_a_store_of_schema_1_moves_its_records_apart_and_drops_the_index_until_a_trim(
+    tmp_path: Path,
+) -> None:
+    value = entry("t", "x" * 50)
+    store = DirectoryStore(tmp_path)
+    store.update({"t-1/" + "a" * 32: value, "t-1/" + "b" * 32: value, "t-1/last": b"rec"})
+    store.close()
+    db = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
+    db.execute("BEGIN")  # back to schema 1: the record among the entries, the index made
+    db.execute("INSERT INTO entries VALUES ('t-1/last', CAST('rec' AS BLOB))")
+    db.execute("INSERT INTO meta VALUES ('t-1/last', 3, 0.0, NULL, NULL, NULL)")
+    db.execute(store_module._COUNT, (1, 3))
+    db.execute("DROP TABLE records")
+    db.execute("DROP TABLE uses")
+    db.execute(store_module._USED_INDEX)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("COMMIT")
+    db.close()
+    store = DirectoryStore(tmp_path)
+    assert store.usage() == (2, 2 * len(value))
+    assert store["t-1/last"] == b"rec"
+    index = "SELECT count(*) FROM sqlite_master WHERE name = 'meta_used'"
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    try:
+        assert db.execute("SELECT count(*) FROM entries").fetchone() == (2,)
+        assert db.execute(index).fetchone() == (0,)
+        assert [s.key for s in store.trim(len(value))] == ["t-1/" + "a" * 32]
+        assert db.execute(index).fetchone() == (1,)  # made by the first trim
+    finally:
+        db.close()
+        store.close()
