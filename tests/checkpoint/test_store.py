@@ -675,3 +675,25 @@ def test_a_store_of_schema_1_moves_its_records_apart_and_drops_the_index_until_a
     finally:
         db.close()
         store.close()
+
+
+@pytest.mark.parametrize("inline", [1 << 20, 64], ids=["one-blob", "row-by-row"])
+def test_a_batch_is_written_whole_or_row_by_row_with_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: int
+) -> None:
+    """`_put` writes a batch of small values as one statement over one blob (empty
+    values included), and a batch of large ones row by row: the same entries."""
+    monkeypatch.setattr(store_module, "_PUT_INLINE", inline)
+    store = DirectoryStore(tmp_path)
+    values = {f"t-{i % 5}/{i:032x}": bytes(range(i % 7)) * i for i in range(40)}
+    values["t-0/last"], values["t-1/last"] = b"", b"record"
+    store.commit(list(values.items()))
+    assert dict(store.items()) == values
+    entries = {k: v for k, v in values.items() if not k.endswith("/last")}
+    assert store.usage() == (len(entries), sum(map(len, entries.values())))
+    store.commit([(key, b"again") for key in list(entries)[:10]])  # replaced: counted once
+    assert store.usage() == (
+        len(entries),
+        sum(map(len, entries.values())) + sum(5 - len(v) for v in list(entries.values())[:10]),
+    )
+    store.close()
