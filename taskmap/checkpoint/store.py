@@ -59,6 +59,14 @@ Rules for the embedded default, `DirectoryStore`:
    once the transaction has committed.  Only the tasks that have directories are
    looked at (one listing of ``task-dirs``), so a store without any pays one
    ``stat``.
+9. **``last`` records are kept apart** (schema version 2): a task's record of its
+   last run is one row of table ``records``, not an entry (a row in ``entries``
+   and its key index, a row in ``meta`` and its index on last use: half the cost
+   of a cold run's commit).  Records are not counted in ``totals``, not listed by
+   ``stat_under`` and never trimmed; reads, listings of keys and deletions see
+   them, and also those an older taskmap wrote among the entries.  The index on
+   last use is made by the first trim: a store never trimmed does without it.
+   Small values are written a batch to one statement (`_put`).
 
 ::
 
@@ -66,6 +74,7 @@ Rules for the embedded default, `DirectoryStore`:
     writer thread ─ commit(writes, uses) ────┼─► one ─► meta (key, size, used, task, written, enc)
     prune, trim ─ stat_under, drop ──────────┘   txn    totals (entries, bytes, highest rowid)
                                                         uses (when, n, keys): folded into meta
+                                                        records (key, value): 'last' records
 """
 
 from __future__ import annotations
