@@ -129,8 +129,8 @@ _FOLD_ROWS, _FOLD_KEYS = 32, 250_000
 _GET = "SELECT value FROM entries WHERE key = ?"
 #: a ``last`` record: in ``records``, or in ``entries`` where an older taskmap wrote it
 _GET_RECORD = (
-    "SELECT value FROM records WHERE key = ?1"
-    " UNION ALL SELECT value FROM entries WHERE key = ?1 LIMIT 1"
+    "SELECT value FROM records WHERE key = ?"
+    " UNION ALL SELECT value FROM entries WHERE key = ? LIMIT 1"
 )
 #: seconds: last uses are recorded to this resolution (least-recently-used order among
 #: entries used within it is the order they were written in)
@@ -316,14 +316,14 @@ class DirectoryStore(MutableMapping[str, bytes]):
         return data  # type: ignore[no-any-return]
 
     def get(self, key: str, default: Any = None) -> Any:
-        sql = _GET_RECORD if key.endswith("/last") else _GET
+        sql, params = (_GET_RECORD, (key, key)) if key.endswith("/last") else (_GET, (key,))
         try:  # the hot path of a cached rerun: no closure
-            row = self._db().execute(sql, (key,)).fetchone()
+            row = self._db().execute(sql, params).fetchone()
         except sqlite3.DatabaseError as exc:
             if not _damaged(exc):
                 raise
             self._heal(exc)
-            row = self._read(lambda db: db.execute(sql, (key,)).fetchone())
+            row = self._read(lambda db: db.execute(sql, params).fetchone())
         if self._notes:
             self._warn_notes()
         return default if row is None else row[0]
@@ -422,10 +422,11 @@ class DirectoryStore(MutableMapping[str, bytes]):
     def keys_under(self, prefix: str) -> list[str]:
         """The keys starting with ``prefix``, sorted (``last`` records' too)."""
         sql = (
-            "SELECT key FROM entries WHERE key >= ?1 AND key < ?2"
-            " UNION SELECT key FROM records WHERE key >= ?1 AND key < ?2 ORDER BY key"
+            "SELECT key FROM entries WHERE key >= ? AND key < ?"
+            " UNION SELECT key FROM records WHERE key >= ? AND key < ? ORDER BY key"
         )
-        rows = self._read(lambda db: db.execute(sql, (prefix, prefix + _HIGHEST)).fetchall())
+        span = (prefix, prefix + _HIGHEST) * 2
+        rows = self._read(lambda db: db.execute(sql, span).fetchall())
         return [key for (key,) in rows]
 
     def keys_under_many(self, prefixes: Sequence[str]) -> list[str]:
@@ -791,13 +792,13 @@ def _meta(key: str, data: bytes) -> tuple[Any, ...]:
 _PUT_INLINE = 16 << 20
 _PUT = (
     "INSERT OR REPLACE INTO {table} (key, value) SELECT json_extract(j.value, '$[0]'),"
-    " coalesce(substr(?2, json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]')), x'')"
-    " FROM json_each(?1) AS j"
+    " coalesce(substr(?, json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]')), x'')"
+    " FROM json_each(?) AS j"
 )
 _PUT_META = (
     "INSERT OR REPLACE INTO meta SELECT json_extract(j.value, '$[0]'),"
-    " json_extract(j.value, '$[1]'), ?2, json_extract(j.value, '$[2]'),"
-    " json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]') FROM json_each(?1) AS j"
+    " json_extract(j.value, '$[1]'), ?, json_extract(j.value, '$[2]'),"
+    " json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]') FROM json_each(?) AS j"
 )
 
 
@@ -818,7 +819,7 @@ def _put(db: sqlite3.Connection, table: str, pairs: list[tuple[str, bytes]]) -> 
         spans.append((key, offset, len(value)))
         offset += len(value)
     blob = b"".join([value for _, value in pairs])
-    db.execute(_PUT.format(table=table), (json.dumps(spans), blob))
+    db.execute(_PUT.format(table=table), (blob, json.dumps(spans)))  # in the text's order
 
 
 def _put_meta(db: sqlite3.Connection, rows: list[tuple[Any, ...]], used: float) -> None:
@@ -827,7 +828,7 @@ def _put_meta(db: sqlite3.Connection, rows: list[tuple[Any, ...]], used: float) 
         rows = [(key, size, used, *rest) for key, size, *rest in rows]
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?, ?, ?)", rows)
         return
-    db.execute(_PUT_META, (json.dumps(sorted(rows)), used))
+    db.execute(_PUT_META, (used, json.dumps(sorted(rows))))  # in the text's order
 
 
 def _fields(data: bytes) -> tuple[str | None, float | None, str | None]:
