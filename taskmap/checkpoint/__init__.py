@@ -484,6 +484,9 @@ class CacheRun:
     Call from the driver's thread only; storage happens on a writer thread.
     """
 
+    #: entries a wave's prefetch reads first, to tell a cold run from a rerun
+    PROBE = 64
+
     def __init__(
         self,
         checkpoint: Checkpoint,
@@ -665,9 +668,13 @@ class CacheRun:
 
     def prefetch(self, tids: Iterable[int]) -> None:
         """Read the entries of several READY tasks in one query, when the store has
-        ``get_many`` (the default store: one SELECT for a whole wave of a rerun)."""
+        ``get_many`` (the default store: one SELECT for a whole wave of a rerun).
+
+        A large wave is probed first: when none of its first `PROBE` entries is
+        stored (a cold run), the rest are not read but left to the first miss's
+        listing of the run's keys (rule 6), which costs less than reading them."""
         get_many = getattr(self.store, "get_many", None)
-        keys = []
+        keys, asked = [], []
         for tid in tids:
             if tid in self.asked:
                 continue
@@ -677,15 +684,21 @@ class CacheRun:
                 key = self._key(tid)
             if key and not self._absent(tid, key):
                 keys.append(key)
+                asked.append(tid)
         if get_many is None or len(keys) < 2:
             return
         try:
-            found = get_many(keys)
+            found = get_many(keys[: self.PROBE])
+            if found and len(keys) > self.PROBE:
+                found.update(get_many(keys[self.PROBE :]))
         except Exception as exc:
             self._warn(
                 f"cache store {_describe(self.store)} could not be read ({exc!r}); the tasks run"
             )
             return
+        if not found:  # the probe found nothing: the others are looked up when ready
+            self.asked.difference_update(asked[self.PROBE :])
+            keys = keys[: self.PROBE]
         self.fetched.update(found)
         self.absent.update(key for key in keys if key not in found)
 

@@ -592,3 +592,36 @@ def test_the_writer_thread_ends_when_close_races_with_the_batch_it_takes() -> No
     assert not writer.thread.is_alive(), "the writer thread missed its close"
     assert writer.close() == []
     assert store == {"k": b"v"}
+
+
+class _CountingStore(taskmap.DirectoryStore):
+    """The default store, recording how many keys each `get_many` asks for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked: list[int] = []
+
+    def get_many(self, keys: Any) -> dict[str, bytes]:
+        self.asked.append(len(keys))
+        return super().get_many(keys)
+
+
+def test_a_cold_wave_is_probed_not_read_and_a_cached_one_is_read_whole(tmp_path: Path) -> None:
+    """The first wave's prefetch reads `PROBE` entries first: none stored (a cold run),
+    the rest are never read, the run's listing answers; stored, the rest come in one
+    more read, and every task is a hit."""
+    probe = taskmap.checkpoint.CacheRun.PROBE
+    n = probe * 3
+    funcs = {f"t{i}": (lambda i=i: i * 2) for i in range(n)}
+    deps: dict[str, list[str]] = {name: [] for name in funcs}
+    store = _CountingStore(tmp_path / "c")
+    cold = taskmap.run(taskmap.create_graph(funcs, deps, cache=store))
+    assert store.asked == [probe]
+    assert cold.stats.cache.stored == n
+    assert {why.reason for why in cold.stats.why.values()} == {Reason.NO_ENTRY}
+    store.asked.clear()
+    warm = taskmap.run(taskmap.create_graph(funcs, deps, cache=store))
+    assert store.asked == [probe, n - probe]
+    assert warm.stats.cache.hits == n
+    assert warm.results == {f"t{i}": i * 2 for i in range(n)}
+    store.close()
