@@ -1107,19 +1107,12 @@ def _digest_or_empty(value: object) -> bytes:
         return _UNHASHABLE
 
 
-_NAME_DIGESTS: dict[Task, bytes] = {}
-
-
 def _name_digest(name: Task) -> bytes:
-    d = _NAME_DIGESTS.get(name)
-    if d is None:
-        try:
-            d = digest(name)
-        except UnhashableError:
-            d = hashlib.blake2b(repr(name).encode(), digest_size=16).digest()
-        if len(_NAME_DIGESTS) < 1_000_000:
-            _NAME_DIGESTS[name] = d
-    return d
+    """The digest of a task's name (`Checkpoint.named` keeps it per task)."""
+    try:
+        return digest(name)
+    except UnhashableError:
+        return hashlib.blake2b(repr(name).encode(), digest_size=16).digest()
 
 
 def _label(name: Task) -> str:

@@ -127,10 +127,10 @@ class PickleEncoder:
 
     def decode(self, data: bytes) -> Any:
         tag, body = data[:1], memoryview(data)[1:]
+        if tag == b"P":  # first: most entries are not compressed
+            return pickle.loads(body)
         if tag == b"Z":
             return pickle.loads(_zstd().ZstdDecompressor().decompress(body))
-        if tag == b"P":
-            return pickle.loads(body)
         raise CorruptEntryError(f"unknown pickle payload tag {bytes(tag)!r}")
 
 
