@@ -503,8 +503,8 @@ class CacheRun:
         self.keys: list[str | None] = [None] * n
         self.inputs: list[tuple[bytes, tuple[bytes, ...]] | None] = [None] * n
         self._why: dict[Task, Explanation] = {}
-        #: tasks served from the cache, not explained in ``why`` yet: a hit costs no
-        #: object the collector tracks (10,000 of them made a rerun's full collection)
+        #: tasks served from the cache, not explained in ``why`` yet: during the run a
+        #: hit makes no object the collector tracks (they add up on a large rerun)
         self._hits: list[Task] = []
         self.stats = CacheStats()
         #: the keys under this run's tasks' prefixes, after a first miss (rule 6), for the
