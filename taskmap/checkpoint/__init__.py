@@ -291,8 +291,7 @@ class Checkpoint:
 
     def token(self, task: Task) -> str:
         """The key prefix of a task's entries: its name made safe, and a digest of it."""
-        named = self._tokens.get(task)
-        return (named or self.named(task))[0]
+        return self.named(task)[0]
 
     def named(self, task: Task) -> tuple[str, bytes]:
         """The task's `token` and the digest of its name (a part of each of its keys)."""
@@ -722,7 +721,7 @@ class CacheRun:
                 self._warn(f"task {name!r}: not cached, its code has no fingerprint: {exc!r}")
                 self.why[name] = Explanation(name, True, Reason.NOT_CACHED, repr(exc))
                 return ""
-        token, name_digest = checkpoint._tokens.get(task) or checkpoint.named(task)
+        token, name_digest = checkpoint.named(task)
         key = f"{token}/{task_key(name_digest, code, inputs)}"
         self.keys[tid] = key
         self.inputs[tid] = (code, inputs)  # tuples of bytes: the collector stops tracking them

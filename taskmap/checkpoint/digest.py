@@ -662,7 +662,7 @@ def task_key(name_digest: bytes, code: bytes, inputs: Sequence[bytes]) -> str:
     Raises:
         ValueError: a part is not 16 bytes long.
     """
-    blob = name_digest + code + b"".join(inputs) if inputs else name_digest + code
+    blob = b"".join((name_digest, code, *inputs))
     if len(name_digest) != 16 or len(code) != 16 or len(blob) != 16 * (len(inputs) + 2):
         sizes = [len(name_digest), len(code), *map(len, inputs)]
         raise ValueError(f"task_key needs 16-byte digests (got sizes {sizes})")

@@ -717,13 +717,11 @@ def _drop_many(db: sqlite3.Connection, keys: list[str]) -> int:
     tables of two b-trees each, and logging each page, took three times as long."""
     db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (key TEXT PRIMARY KEY)")
     db.execute("DELETE FROM temp.doomed")
-    try:
+    if _has_json(db):
         db.execute(
             "INSERT OR IGNORE INTO temp.doomed SELECT value FROM json_each(?)", (json.dumps(keys),)
         )
-    except sqlite3.OperationalError as exc:  # SQLite built without JSON
-        if "json_each" not in str(exc):
-            raise
+    else:
         db.executemany("INSERT OR IGNORE INTO temp.doomed VALUES (?)", [(k,) for k in keys])
     (before,) = db.execute("SELECT count(*) FROM entries").fetchone()
     if len(keys) * 2 > before:
@@ -844,8 +842,7 @@ def _fields(data: bytes) -> tuple[str | None, float | None, str | None]:
         return None, None, None
 
 
-#: sqlite version -> whether it has json_each; `_KEYED` name -> whether its JSON form works
-_JSON_EACH: dict[str, bool] = {}
+_JSON_EACH: dict[str, bool] = {}  # sqlite version -> whether it has json_each
 
 
 def _keyed(
@@ -859,13 +856,8 @@ def _keyed(
     if not keys:
         return []
     whole, chunked = _KEYED[name]
-    if whole is not None and _JSON_EACH.get(name, True):
-        try:
-            return db.execute(whole, (*params, json.dumps(keys))).fetchall()
-        except sqlite3.OperationalError as exc:  # SQLite built without JSON
-            if "json_each" not in str(exc):
-                raise
-            _JSON_EACH[name] = False
+    if whole is not None and _has_json(db):
+        return db.execute(whole, (*params, json.dumps(keys))).fetchall()
     rows = []
     for start in range(0, len(keys), 500):  # SQLite caps the parameters of a query
         chunk = keys[start : start + 500]
@@ -947,17 +939,12 @@ def _under(db: sqlite3.Connection, columns: str, table: str, prefixes: Sequence[
     """Rows of ``table`` (alias ``e``) whose key starts with one of ``prefixes``."""
     if not prefixes:
         return []
-    if _JSON_EACH.get(sqlite3.sqlite_version, True):
+    if _has_json(db):
         sql = (
             f"SELECT {columns} FROM json_each(?) AS p JOIN {table} AS e"
             " ON e.key >= p.value AND e.key < p.value || char(1114111)"
         )
-        try:
-            return db.execute(sql, (json.dumps(list(prefixes)),)).fetchall()
-        except sqlite3.OperationalError as exc:  # SQLite built without JSON
-            if "json_each" not in str(exc):
-                raise
-            _JSON_EACH[sqlite3.sqlite_version] = False
+        return db.execute(sql, (json.dumps(list(prefixes)),)).fetchall()
     sql = f"SELECT {columns} FROM {table} AS e WHERE e.key >= ? AND e.key < ?"
     return [row for p in prefixes for row in db.execute(sql, (p, p + _HIGHEST)).fetchall()]
 

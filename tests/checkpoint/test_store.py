@@ -545,8 +545,7 @@ def test_many_keys_are_read_and_their_uses_recorded_with_or_without_json_each(
     SQLite lacks json_each; a commit's uses go to the log, or straight into meta in
     chunks: the same answers."""
     if not json_each:  # and so no log of uses either: they go straight into meta
-        flags = {"get": False, sqlite3.sqlite_version: False}
-        monkeypatch.setattr(store_module, "_JSON_EACH", flags)
+        monkeypatch.setattr(store_module, "_JSON_EACH", {sqlite3.sqlite_version: False})
     store = DirectoryStore(tmp_path)
     entries = {f"t-{i % 3}/{i:032x}": bytes([i % 251]) * 20 for i in range(1234)}
     store.commit(list(entries.items()), when=1000.0)
