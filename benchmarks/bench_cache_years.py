@@ -46,7 +46,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from _common import fmt_seconds, goal_line, machine, median, spawn_child
+from _common import compile_taskmap, fmt_seconds, goal_line, machine, median, spawn_child
 from bench_checkpoint import checkpoint_graph, checksum
 
 import taskmap
@@ -290,7 +290,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     n, repeat, entries = (1_000, 3, 10_000) if args.quick else (10_000, 7, 100_000)
-    print(machine())
+    print(f"{machine()}; {compile_taskmap()}")
     base = Path(tempfile.mkdtemp(prefix="taskmap-bench-years-"))
     try:
         signing = bench_signing(n, repeat, base)

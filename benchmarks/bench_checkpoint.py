@@ -61,6 +61,7 @@ from typing import Any
 from _common import (
     WIDTH,
     Case,
+    compile_taskmap,
     count_edges,
     fmt_seconds,
     goal_line,
@@ -546,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"taskmap {taskmap.__version__} checkpoint benchmark{' (quick)' if args.quick else ''}")
     print(f"command: {Path(sys.executable).name} {' '.join(sys.argv)}")
-    print(f"machine: {machine()}; joblib {joblib.__version__}")
+    print(f"machine: {machine()}; joblib {joblib.__version__}; {compile_taskmap()}")
     deps = layered_dependencies(n)
     print(
         f"graph: {n:,} tasks, {count_edges(deps):,} edges: layered random DAG, width {WIDTH},"

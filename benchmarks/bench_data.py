@@ -67,7 +67,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from _common import LOOP, fmt_bytes, fmt_seconds, goal_line, machine, median
+from _common import LOOP, compile_taskmap, fmt_bytes, fmt_seconds, goal_line, machine, median
 
 import taskmap
 
@@ -676,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeat = args.repeat or (1 if args.quick else REPEAT)
     print(f"taskmap {taskmap.__version__} data benchmark{' (quick)' if args.quick else ''}")
     print(f"command: {Path(sys.executable).name} {shlex.join(sys.argv)}")
-    print(f"machine: {machine()}; event loop: {LOOP}")
+    print(f"machine: {machine()}; event loop: {LOOP}; {compile_taskmap()}")
     kinds, runners, notes = versions()
     print("; ".join(notes))
     kinds = [kind for kind in kinds if kind in (args.kinds or KINDS)]

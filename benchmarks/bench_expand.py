@@ -41,7 +41,7 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-from _common import fmt_seconds, goal_line, machine, median, spawn_child
+from _common import compile_taskmap, fmt_seconds, goal_line, machine, median, spawn_child
 
 GOAL_STATIC = 1.1  # expanded / static graph
 GOAL_INSTANCE = 1.0  # per instance / per static task
@@ -263,7 +263,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
     n, instances, repeat = (1_000, 10_000, 3) if args.quick else (10_000, 100_000, 5)
-    print(machine())
+    print(f"{machine()}; {compile_taskmap()}")
     base = Path(tempfile.mkdtemp(prefix="taskmap-bench-expand-"))
     try:
         static_ratio = bench_runners(n, repeat)

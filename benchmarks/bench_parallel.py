@@ -54,7 +54,17 @@ from multiprocessing.context import BaseContext
 from time import perf_counter
 from typing import Any
 
-from _common import LOOP, Case, fmt_seconds, goal_line, machine, median, new_event_loop, time_cases
+from _common import (
+    LOOP,
+    Case,
+    compile_taskmap,
+    fmt_seconds,
+    goal_line,
+    machine,
+    median,
+    new_event_loop,
+    time_cases,
+)
 
 import taskmap
 
@@ -680,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mixed_repeat, n, dispatch_repeat, startup_repeat = 5, 2_000, 5, 10
 
     print(f"taskmap {taskmap.__version__} parallel benchmark{' (quick)' if args.quick else ''}")
-    print(f"machine: {machine()}; event loop: {LOOP}")
+    print(f"machine: {machine()}; event loop: {LOOP}; {compile_taskmap()}")
     try:
         import dask
     except ImportError:
