@@ -688,24 +688,26 @@ def _drop(db: sqlite3.Connection, keys: Iterable[str]) -> int:
     count them out of totals, and ``last`` records from theirs; return how many keys
     went.  Call in a transaction."""
     keys = sorted(set(keys))
-    records = [key for key in keys if key.endswith("/last")]
-    gone = 0
-    if records:  # from records; from entries too (`keys`), where an older taskmap wrote
-        for start in range(0, len(records), _CHUNK):
-            chunk = records[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            gone += db.execute(f"DELETE FROM records WHERE key IN ({marks})", chunk).rowcount
+    if not keys:
+        return 0
+    # records from their table; from entries too (below), where an older taskmap wrote
+    gone = _delete(db, "records", [key for key in keys if key.endswith("/last")])
     if len(keys) >= _MANY:
         return gone + _drop_many(db, keys)
-    if not keys:
-        return gone
     count, size = _sizes(db, keys)
+    _delete(db, "meta", keys)
+    gone += _delete(db, "entries", keys)
+    db.execute(_COUNT, (-count, -size))
+    return gone
+
+
+def _delete(db: sqlite3.Connection, table: str, keys: Sequence[str]) -> int:
+    """Delete sorted ``keys`` from ``table``, a chunk a statement; return how many went."""
+    gone = 0
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        db.execute(f"DELETE FROM meta WHERE key IN ({marks})", chunk)
-        gone += db.execute(f"DELETE FROM entries WHERE key IN ({marks})", chunk).rowcount
-    db.execute(_COUNT, (-count, -size))
+        gone += db.execute(f"DELETE FROM {table} WHERE key IN ({marks})", chunk).rowcount
     return gone
 
 
