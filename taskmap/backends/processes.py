@@ -1099,29 +1099,43 @@ def single_threaded() -> bool:
     started from C count too (a BLAS pool, libuv's).  Only then may it fork.  The
     kernel's io_uring workers (libuv's io_uring, in uvloop 0.19) run no code of this
     process and hold none of its locks: they do not count.  They are told by their
-    flag, not their name (``iou-sqp-*``), which a new one takes only once it runs."""
+    flag, not their name (``iou-sqp-*``), which a new one takes only once it runs.
+    Nor does a thread that is exiting: it has left this process's code for good."""
     try:
         others = [t for t in os.listdir("/proc/self/task") if t != str(os.getpid())]
     except OSError:
         return False
-    return all(_io_worker(tid) for tid in others)
+    return all(_inert(tid) for tid in others)
 
 
-_PF_IO_WORKER = 0x10  # the kernel's task flag of an io_uring worker (linux/sched.h)
+_PF_EXITING = 0x4  # the kernel's task flags (linux/sched.h): in do_exit
+_PF_IO_WORKER = 0x10  # an io_uring worker
 
 
-def _io_worker(tid: str) -> bool:
-    """Whether a thread of this process is an io_uring worker of the kernel, or gone
-    since the listing (io_uring's workers come and go)."""
+def _inert(tid: str) -> bool:
+    """Whether a thread of this process runs none of its code: gone since the listing
+    (io_uring's workers come and go), or `_inert_stat`."""
     try:
         with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-            stat = f.read()
-        flags = int(stat[stat.rindex(b")") + 2 :].split()[6])  # after "(comm) state ..."
+            return _inert_stat(f.read())
     except FileNotFoundError:
         return True
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return False
-    return bool(flags & _PF_IO_WORKER)
+
+
+def _inert_stat(stat: bytes) -> bool:
+    """Whether a thread's ``/proc/.../stat`` says it is an io_uring worker of the
+    kernel, or exiting.  An exiting thread matters after a fork: OpenBLAS stops its
+    pool before one, and ``pthread_join`` returns as soon as a thread's exit wakes it,
+    while the kernel lists the thread until its exit ends: the likely cause of a
+    numpy driver's fork judged threaded once in CI (its workers went to the fork
+    server), not reproduced here in 600 forks."""
+    try:
+        flags = int(stat[stat.rindex(b")") + 2 :].split()[6])  # after "(comm) state ..."
+    except (ValueError, IndexError):
+        return False
+    return bool(flags & (_PF_IO_WORKER | _PF_EXITING))
 
 
 @contextlib.contextmanager

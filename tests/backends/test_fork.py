@@ -53,6 +53,22 @@ WHO = """
 """
 
 
+def test_a_thread_counts_against_forking_unless_it_is_exiting_or_an_io_uring_worker():
+    """The flags field of /proc/<pid>/task/<tid>/stat (the 7th after the state), read
+    past a name that may hold spaces and parentheses."""
+    from taskmap.backends.processes import _inert_stat
+
+    def stat(flags: int, name: str = "python3") -> bytes:
+        return f"4242 ({name}) S 1 4242 4242 0 -1 {flags} 12 0 0 0 3 1".encode()
+
+    assert not _inert_stat(stat(0x400040))  # a running thread (PF_FORKNOEXEC...)
+    assert _inert_stat(stat(0x400044))  # PF_EXITING: joined, not yet gone
+    assert _inert_stat(stat(0x400050))  # PF_IO_WORKER
+    assert not _inert_stat(stat(0x400040, name="a) S 1 (b"))
+    assert _inert_stat(stat(0x4, name="x (y) z"))
+    assert not _inert_stat(b"garbage")  # unreadable: it counts
+
+
 def test_a_driver_with_one_thread_forks_its_workers_one_with_two_does_not(tmp_path):
     out, _ = run_script(tmp_path, WHO)
     seen = json.loads(out)
